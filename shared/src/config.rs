@@ -1,0 +1,279 @@
+//! Configuration, read once at start from the contract's environment variables into a typed
+//! struct. Every value is checked here, so a bad one stops the process with a clear message
+//! instead of surfacing later as a confusing error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use rand::RngCore;
+use thiserror::Error;
+
+use crate::ice::TurnConfig;
+
+/// Where the code runs, which decides what a missing secret means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deployment {
+    /// One process: a missing secret gets a random one, with a warning.
+    Standalone,
+    /// A Lambda function: instances must agree on the secret, so it is required.
+    Lambda,
+}
+
+/// The longest long poll API Gateway's 30 s integration timeout leaves room for.
+pub const MAX_WAIT_CEILING: u64 = 25;
+
+/// The token signing secret; never printed.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The secret's bytes, for the token keys.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Which origins may call the API from a browser.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+/// Everything the server reads from the environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db_path: PathBuf,
+    pub table: Option<String>,
+    pub secret: Secret,
+    /// True when no secret was configured and a random one is in use.
+    pub secret_generated: bool,
+    /// Seconds a peer token is valid.
+    pub token_ttl: u64,
+    pub gated: bool,
+    pub max_peers: usize,
+    /// Longest long poll, seconds.
+    pub max_wait: u64,
+    /// Seconds an undelivered message is kept.
+    pub message_ttl: u64,
+    /// Seconds without a poll before a peer is gone.
+    pub presence_timeout: u64,
+    /// Most messages an inbox holds beyond what its peer has acknowledged by polling.
+    pub max_inbox: u64,
+    pub cors_origins: CorsOrigins,
+    pub stun_urls: Vec<String>,
+    pub turn: Option<TurnConfig>,
+    /// Serve the demo page from this directory instead of the copy built in (development).
+    pub web_dir: Option<PathBuf>,
+}
+
+/// A variable with a value the server cannot use.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{name}={value:?} is not valid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0} is required")]
+    Missing(&'static str),
+}
+
+/// The default embedded database file, relative to the working directory.
+pub const DEFAULT_DB: &str = "signalpost.db";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env(deployment: Deployment) -> Result<Self, ConfigError> {
+        Self::from_lookup(deployment, |name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the environment.
+    pub fn from_lookup(
+        deployment: Deployment,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let var = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let list = |name: &str| {
+            var(name).map_or_else(Vec::new, |value| {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+        };
+
+        let (secret, secret_generated) = match var("SIGNALPOST_SECRET") {
+            Some(secret) => (Secret(secret.into_bytes()), false),
+            None if deployment == Deployment::Standalone => {
+                let mut random = vec![0u8; 32];
+                rand::rng().fill_bytes(&mut random);
+                (Secret(random), true)
+            }
+            None => return Err(ConfigError::Missing("SIGNALPOST_SECRET")),
+        };
+
+        let max_wait = number(&var, "SIGNALPOST_MAX_WAIT", MAX_WAIT_CEILING, 0..=MAX_WAIT_CEILING)?;
+        let presence_timeout = number(&var, "SIGNALPOST_PRESENCE_TIMEOUT", 60, 1..=86_400)?;
+        if presence_timeout < max_wait + 5 {
+            return Err(ConfigError::Invalid {
+                name: "SIGNALPOST_PRESENCE_TIMEOUT",
+                value: presence_timeout.to_string(),
+                reason: format!(
+                    "must be at least SIGNALPOST_MAX_WAIT + 5 ({}), or a peer in a long poll would time out",
+                    max_wait + 5
+                ),
+            });
+        }
+
+        let turn_urls = list("SIGNALPOST_TURN_URLS");
+        let turn = match (turn_urls.is_empty(), var("SIGNALPOST_TURN_SECRET")) {
+            (true, None) => None,
+            (false, Some(secret)) => Some(TurnConfig {
+                urls: turn_urls,
+                secret,
+                ttl: number(&var, "SIGNALPOST_TURN_TTL", 3600, 60..=7 * 86_400)?,
+            }),
+            (false, None) => return Err(ConfigError::Missing("SIGNALPOST_TURN_SECRET (with SIGNALPOST_TURN_URLS)")),
+            (true, Some(_)) => return Err(ConfigError::Missing("SIGNALPOST_TURN_URLS (with SIGNALPOST_TURN_SECRET)")),
+        };
+
+        let cors_origins = match list("SIGNALPOST_CORS_ORIGINS") {
+            origins if origins.is_empty() || origins.iter().any(|origin| origin == "*") => CorsOrigins::Any,
+            origins => CorsOrigins::List(origins),
+        };
+
+        let listen = var("SIGNALPOST_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
+        Ok(Self {
+            listen: SocketAddr::from_str(&listen).map_err(|error| ConfigError::Invalid {
+                name: "SIGNALPOST_LISTEN",
+                value: listen.clone(),
+                reason: error.to_string(),
+            })?,
+            db_path: var("SIGNALPOST_DB").map_or_else(|| PathBuf::from(DEFAULT_DB), PathBuf::from),
+            table: var("SIGNALPOST_TABLE"),
+            secret,
+            secret_generated,
+            token_ttl: number(&var, "SIGNALPOST_TOKEN_TTL", 86_400, 60..=30 * 86_400)?,
+            gated: boolean(&var, "SIGNALPOST_GATED")?,
+            max_peers: usize::try_from(number(&var, "SIGNALPOST_MAX_PEERS", 8, 2..=32)?).unwrap_or(8),
+            max_wait,
+            message_ttl: number(&var, "SIGNALPOST_MESSAGE_TTL", 600, 10..=7 * 86_400)?,
+            presence_timeout,
+            max_inbox: number(&var, "SIGNALPOST_MAX_INBOX", 1000, 10..=100_000)?,
+            cors_origins,
+            stun_urls: list("SIGNALPOST_STUN_URLS"),
+            turn,
+            web_dir: var("SIGNALPOST_WEB_DIR").map(PathBuf::from),
+        })
+    }
+}
+
+fn number(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(value) = var(name) else {
+        return Ok(default);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(number) if range.contains(&number) => Ok(number),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value,
+            reason: format!("expected a whole number from {} to {}", range.start(), range.end()),
+        }),
+    }
+}
+
+fn boolean(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
+    match var(name).as_deref().map(str::trim) {
+        None => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            value: other.to_owned(),
+            reason: "expected true or false".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(deployment: Deployment, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_lookup(deployment, |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = config(Deployment::Standalone, &[]).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!((config.max_peers, config.max_wait), (8, 25));
+        assert_eq!((config.message_ttl, config.presence_timeout, config.token_ttl), (600, 60, 86_400));
+        assert_eq!(config.cors_origins, CorsOrigins::Any);
+        assert!(config.secret_generated && !config.gated && config.turn.is_none());
+        assert!(!format!("{config:?}").contains(&format!("{:?}", config.secret.expose())));
+    }
+
+    #[test]
+    fn lambda_requires_a_secret() {
+        assert!(matches!(config(Deployment::Lambda, &[]), Err(ConfigError::Missing("SIGNALPOST_SECRET"))));
+        assert!(config(Deployment::Lambda, &[("SIGNALPOST_SECRET", "s3cret")]).is_ok());
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        for (name, value) in [
+            ("SIGNALPOST_MAX_WAIT", "26"),
+            ("SIGNALPOST_MAX_WAIT", "-1"),
+            ("SIGNALPOST_MAX_PEERS", "lots"),
+            ("SIGNALPOST_GATED", "maybe"),
+            ("SIGNALPOST_LISTEN", "nowhere"),
+            ("SIGNALPOST_PRESENCE_TIMEOUT", "20"),
+            ("SIGNALPOST_TURN_URLS", "turn:x"),
+        ] {
+            assert!(config(Deployment::Standalone, &[(name, value)]).is_err(), "{name}={value} accepted");
+        }
+    }
+
+    #[test]
+    fn reads_lists_and_turn() {
+        let config = config(
+            Deployment::Standalone,
+            &[
+                ("SIGNALPOST_CORS_ORIGINS", "https://a.example, https://b.example"),
+                ("SIGNALPOST_STUN_URLS", "stun:a,stun:b"),
+                ("SIGNALPOST_TURN_URLS", "turn:t"),
+                ("SIGNALPOST_TURN_SECRET", "x"),
+                ("SIGNALPOST_GATED", "true"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            config.cors_origins,
+            CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])
+        );
+        assert_eq!(config.stun_urls, ["stun:a", "stun:b"]);
+        assert_eq!(config.turn.map(|turn| turn.ttl), Some(3600));
+        assert!(config.gated);
+    }
+}

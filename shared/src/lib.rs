@@ -1,0 +1,17 @@
+//! signalpost's core, shared by the standalone server and every Lambda function.
+//!
+//! The data flow reads top to bottom: an HTTP request reaches a handler in [`http`], which
+//! parses it into the domain types of [`ids`] and [`message`], checks the bearer [`token`],
+//! and calls [`signalling`], which applies the contract's rules over a [`store::Store`]
+//! (SQLite or DynamoDB) and wakes waiting long polls through [`wakeup`].
+
+pub mod clock;
+pub mod config;
+//TMP pub mod http;
+pub mod ice;
+pub mod ids;
+pub mod message;
+//TMP pub mod signalling;
+pub mod store;
+pub mod token;
+//TMP pub mod wakeup;

@@ -1,0 +1,445 @@
+//! The store conformance suite: the behaviour every [`Store`] must show, written once and run
+//! against each implementation with [`store_conformance_tests!`](crate::store_conformance_tests).
+//!
+//! Each case takes a fresh store and uses its own room names, so cases may share a backend.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{JoinRequest, PostRequest, Posted, Store, StoreError, Timing};
+use crate::clock::now_millis;
+use crate::ids::{ClientMessageId, MessageId, PeerId, RoomId};
+use crate::message::{MessageKind, Outgoing, StoredMessage};
+
+/// Generates one `#[tokio::test]` per conformance case for a store opened by `$open`, an
+/// async function returning `(Arc<dyn Store>, guard)`; the guard lives as long as the test.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($open:path) => {
+        $crate::store_conformance_tests!(@cases $open;
+            join_lists_members_and_announces_the_newcomer,
+            join_refuses_a_full_room,
+            post_delivers_in_order_with_contiguous_sequence,
+            broadcast_reaches_every_other_member,
+            batch_with_a_stranger_stores_nothing,
+            non_member_cannot_post,
+            repeated_client_ids_are_stored_once,
+            reads_replay_from_any_cursor,
+            expired_messages_are_never_read,
+            touch_reports_head_and_acknowledgements_free_the_inbox,
+            sweep_removes_silent_peers_and_tells_the_rest,
+            leave_tells_the_rest_and_is_idempotent,
+            concurrent_senders_keep_their_own_order,
+            housekeeping_sweeps_abandoned_rooms,
+            health_answers
+        );
+    };
+    (@cases $open:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let (store, _guard) = $open().await;
+                $crate::store::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+
+/// A timing `offset_ms` from now, with a 10-minute message TTL and a 60-second presence timeout.
+pub fn timing(offset_ms: i64) -> Timing {
+    let now = now_millis() + offset_ms;
+    Timing {
+        now,
+        expires_at: now + 600_000,
+        stale_before: now - 60_000,
+    }
+}
+
+fn unique_room(case: &str) -> RoomId {
+    RoomId::parse(&format!("{case}-{}", ulid::Ulid::new())).expect("valid room")
+}
+
+/// Joins `peer` to `room` (capacity 8), panicking on failure.
+pub async fn join(store: &dyn Store, room: &RoomId, peer: &PeerId) -> Vec<PeerId> {
+    join_at(store, room, peer, timing(0)).await
+}
+
+async fn join_at(store: &dyn Store, room: &RoomId, peer: &PeerId, timing: Timing) -> Vec<PeerId> {
+    store
+        .join(JoinRequest {
+            room: room.clone(),
+            peer: peer.clone(),
+            name: Some(format!("name-{peer}")),
+            capacity: 8,
+            timing,
+        })
+        .await
+        .expect("join succeeds")
+        .others
+        .into_iter()
+        .map(|member| member.peer)
+        .collect()
+}
+
+fn app_message(to: Option<&PeerId>, text: &str, client_id: Option<&str>) -> (MessageId, Outgoing) {
+    (
+        MessageId::mint(),
+        Outgoing {
+            to: to.cloned(),
+            kind: MessageKind::Message,
+            data: serde_json::Value::from(text).to_string(),
+            client_id: client_id.map(|id| ClientMessageId::parse(id).expect("valid id")),
+        },
+    )
+}
+
+fn post_request(room: &RoomId, sender: &PeerId, messages: Vec<(MessageId, Outgoing)>) -> PostRequest {
+    PostRequest {
+        room: room.clone(),
+        sender: sender.clone(),
+        messages,
+        inbox_limit: 10_000,
+        timing: timing(0),
+    }
+}
+
+/// Posts one app message whose data is the JSON string `text`, panicking on failure.
+pub async fn post_one(store: &dyn Store, room: &RoomId, from: &PeerId, to: Option<&PeerId>, text: &str) -> Posted {
+    store
+        .post(post_request(room, from, vec![app_message(to, text, None)]))
+        .await
+        .expect("post succeeds")
+}
+
+async fn read_all(store: &dyn Store, room: &RoomId, peer: &PeerId) -> Vec<StoredMessage> {
+    store.read(room, peer, 0, 1000, timing(0).now).await.expect("read succeeds")
+}
+
+fn texts(messages: &[StoredMessage], kind: MessageKind) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|message| message.kind == kind)
+        .map(|message| serde_json::from_str::<String>(&message.data).unwrap_or_else(|_| message.data.clone()))
+        .collect()
+}
+
+pub async fn join_lists_members_and_announces_the_newcomer(store: Arc<dyn Store>) {
+    let room = unique_room("join");
+    let (alice, bob, carol) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
+    assert!(join(&*store, &room, &alice).await.is_empty());
+    assert_eq!(join(&*store, &room, &bob).await, [alice.clone()]);
+    assert_eq!(join(&*store, &room, &carol).await, [alice.clone(), bob.clone()]);
+
+    let inbox = read_all(&*store, &room, &alice).await;
+    let joined: Vec<_> = inbox.iter().map(|message| (message.kind, message.from.clone())).collect();
+    assert_eq!(joined, [(MessageKind::PeerJoined, bob.clone()), (MessageKind::PeerJoined, carol.clone())]);
+    assert_eq!(inbox[0].data, format!(r#"{{"name":"name-{bob}"}}"#));
+    assert_eq!(inbox[0].to, alice);
+    assert_eq!(read_all(&*store, &room, &bob).await.len(), 1, "bob hears of carol only");
+    assert!(read_all(&*store, &room, &carol).await.is_empty());
+    assert!(
+        read_all(&*store, &unique_room("other"), &alice).await.is_empty(),
+        "another room's inbox of the same peer is separate"
+    );
+}
+
+pub async fn join_refuses_a_full_room(store: Arc<dyn Store>) {
+    let room = unique_room("full");
+    for _ in 0..2 {
+        let request = JoinRequest {
+            room: room.clone(),
+            peer: PeerId::mint(),
+            name: None,
+            capacity: 2,
+            timing: timing(0),
+        };
+        store.join(request).await.expect("room has space");
+    }
+    let third = JoinRequest {
+        room: room.clone(),
+        peer: PeerId::mint(),
+        name: None,
+        capacity: 2,
+        timing: timing(0),
+    };
+    assert!(matches!(store.join(third.clone()).await, Err(StoreError::RoomFull)));
+    let other_room = JoinRequest {
+        room: unique_room("not-full"),
+        ..third
+    };
+    assert!(store.join(other_room).await.is_ok(), "capacity is per room");
+}
+
+pub async fn post_delivers_in_order_with_contiguous_sequence(store: Arc<dyn Store>) {
+    let room = unique_room("order");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let batch: Vec<_> = (0..30).map(|i| app_message(Some(&bob), &format!("m{i}"), None)).collect();
+    let minted: Vec<_> = batch.iter().map(|(id, _)| id.clone()).collect();
+    let posted = store.post(post_request(&room, &alice, batch)).await.expect("post succeeds");
+    assert_eq!(posted.ids, minted);
+    assert_eq!(posted.recipients, [bob.clone()]);
+    for i in 30..40 {
+        post_one(&*store, &room, &alice, Some(&bob), &format!("m{i}")).await;
+    }
+    let inbox = read_all(&*store, &room, &bob).await;
+    let expected: Vec<_> = (0..40).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&inbox, MessageKind::Message), expected);
+    let seqs: Vec<_> = inbox.iter().map(|message| message.seq).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "sequence numbers are contiguous from 1");
+    assert!(inbox.iter().all(|message| message.from == alice && message.to == bob));
+    assert!(
+        texts(&read_all(&*store, &room, &alice).await, MessageKind::Message).is_empty(),
+        "the sender's inbox is untouched"
+    );
+}
+
+pub async fn broadcast_reaches_every_other_member(store: Arc<dyn Store>) {
+    let room = unique_room("broadcast");
+    let peers = [PeerId::mint(), PeerId::mint(), PeerId::mint()];
+    for peer in &peers {
+        join(&*store, &room, peer).await;
+    }
+    let posted = post_one(&*store, &room, &peers[0], None, "hello all").await;
+    assert_eq!(posted.recipients.len(), 2);
+    for peer in &peers[1..] {
+        let inbox = read_all(&*store, &room, peer).await;
+        let hello: Vec<_> = inbox.iter().filter(|message| message.kind == MessageKind::Message).collect();
+        assert_eq!(hello.len(), 1);
+        assert_eq!(hello[0].id, posted.ids[0], "one server id in every inbox");
+        assert_eq!(&hello[0].to, peer);
+    }
+    assert!(texts(&read_all(&*store, &room, &peers[0]).await, MessageKind::Message).is_empty());
+}
+
+pub async fn batch_with_a_stranger_stores_nothing(store: Arc<dyn Store>) {
+    let room = unique_room("stranger");
+    let (alice, bob, stranger) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let batch = vec![
+        app_message(Some(&bob), "first", Some("c-1")),
+        app_message(Some(&stranger), "second", None),
+    ];
+    let result = store.post(post_request(&room, &alice, batch)).await;
+    assert!(matches!(result, Err(StoreError::NoSuchRecipient(peer)) if peer == stranger));
+    assert!(texts(&read_all(&*store, &room, &bob).await, MessageKind::Message).is_empty());
+    let retry = store
+        .post(post_request(&room, &alice, vec![app_message(Some(&bob), "first", Some("c-1"))]))
+        .await
+        .expect("post succeeds");
+    assert_eq!(
+        texts(&read_all(&*store, &room, &bob).await, MessageKind::Message),
+        ["first"],
+        "the failed batch did not record its client id"
+    );
+    assert_eq!(retry.ids.len(), 1);
+}
+
+pub async fn non_member_cannot_post(store: Arc<dyn Store>) {
+    let room = unique_room("outsider");
+    let (alice, outsider) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    let result = store
+        .post(post_request(&room, &outsider, vec![app_message(Some(&alice), "hi", None)]))
+        .await;
+    assert!(matches!(result, Err(StoreError::PeerGone)));
+    assert!(matches!(store.touch(&room, &outsider, 0, timing(0).now).await, Err(StoreError::PeerGone)));
+}
+
+pub async fn repeated_client_ids_are_stored_once(store: Arc<dyn Store>) {
+    let room = unique_room("idempotent");
+    let (alice, bob, carol) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    join(&*store, &room, &carol).await;
+    let first = store
+        .post(post_request(&room, &alice, vec![app_message(Some(&bob), "once", Some("c-17"))]))
+        .await
+        .expect("post succeeds");
+    let again = store
+        .post(post_request(&room, &alice, vec![app_message(Some(&bob), "once", Some("c-17"))]))
+        .await
+        .expect("repeat succeeds");
+    assert_eq!(first.ids, again.ids);
+    let batch = vec![
+        app_message(Some(&bob), "twice in one batch", Some("c-18")),
+        app_message(Some(&bob), "twice in one batch", Some("c-18")),
+        app_message(Some(&bob), "once", Some("c-17")),
+    ];
+    let batched = store.post(post_request(&room, &alice, batch)).await.expect("post succeeds");
+    assert_eq!(batched.ids[0], batched.ids[1]);
+    assert_eq!(batched.ids[2], first.ids[0]);
+    assert_eq!(
+        texts(&read_all(&*store, &room, &bob).await, MessageKind::Message),
+        ["once", "twice in one batch"]
+    );
+    let from_carol = store
+        .post(post_request(&room, &carol, vec![app_message(Some(&bob), "carol's own", Some("c-17"))]))
+        .await
+        .expect("post succeeds");
+    assert_ne!(from_carol.ids, first.ids, "client ids are per sender");
+}
+
+pub async fn reads_replay_from_any_cursor(store: Arc<dyn Store>) {
+    let room = unique_room("replay");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    for i in 0..5 {
+        post_one(&*store, &room, &alice, Some(&bob), &format!("m{i}")).await;
+    }
+    let now = timing(0).now;
+    let first = store.read(&room, &bob, 0, 2, now).await.expect("read");
+    assert_eq!(texts(&first, MessageKind::Message), ["m0", "m1"]);
+    let again = store.read(&room, &bob, 0, 2, now).await.expect("read");
+    assert_eq!(first, again, "reads do not consume");
+    let rest = store.read(&room, &bob, first[1].seq, 100, now).await.expect("read");
+    assert_eq!(texts(&rest, MessageKind::Message), ["m2", "m3", "m4"]);
+    assert!(store.read(&room, &bob, rest[2].seq, 100, now).await.expect("read").is_empty());
+}
+
+pub async fn expired_messages_are_never_read(store: Arc<dyn Store>) {
+    let room = unique_room("expiry");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let mut short_lived = post_request(&room, &alice, vec![app_message(Some(&bob), "short", None)]);
+    short_lived.timing.expires_at = short_lived.timing.now + 1_000;
+    store.post(short_lived).await.expect("post succeeds");
+    post_one(&*store, &room, &alice, Some(&bob), "long").await;
+    let later = timing(2_000).now;
+    let held = store.read(&room, &bob, 0, 100, later).await.expect("read");
+    assert_eq!(texts(&held, MessageKind::Message), ["long"]);
+}
+
+pub async fn touch_reports_head_and_acknowledgements_free_the_inbox(store: Arc<dyn Store>) {
+    let room = unique_room("inbox");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let limited = |text: &str| PostRequest {
+        inbox_limit: 3,
+        ..post_request(&room, &alice, vec![app_message(Some(&bob), text, None)])
+    };
+    for i in 0..3 {
+        store.post(limited(&format!("m{i}"))).await.expect("inbox has room");
+    }
+    assert!(matches!(store.post(limited("m3")).await, Err(StoreError::InboxFull(peer)) if peer == bob));
+    let head = store.touch(&room, &bob, 0, timing(0).now).await.expect("bob is present");
+    assert_eq!(head, 3);
+    assert!(store.post(limited("m3")).await.is_err(), "polling without a cursor acknowledges nothing");
+    store.touch(&room, &bob, 2, timing(0).now).await.expect("bob is present");
+    store.post(limited("m3")).await.expect("two acknowledged, so room for more");
+    store.touch(&room, &bob, 99, timing(0).now).await.expect("bob is present");
+    assert!(store.post(limited("m4")).await.is_ok());
+    assert_eq!(
+        texts(&read_all(&*store, &room, &bob).await, MessageKind::Message),
+        ["m0", "m1", "m2", "m3", "m4"]
+    );
+}
+
+pub async fn sweep_removes_silent_peers_and_tells_the_rest(store: Arc<dyn Store>) {
+    let room = unique_room("sweep");
+    let (silent, talker, listener) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
+    // All three join two minutes ago; then only two of them poll.
+    for peer in [&silent, &talker, &listener] {
+        join_at(&*store, &room, peer, timing(-120_000)).await;
+    }
+    for peer in [&talker, &listener] {
+        store.touch(&room, peer, 0, timing(0).now).await.expect("present");
+    }
+    let departures = store.sweep(&room, timing(0)).await.expect("sweep");
+    assert_eq!(departures.gone, [silent.clone()]);
+    assert_eq!(departures.notified.len(), 2);
+    for peer in [&talker, &listener] {
+        let left: Vec<_> = read_all(&*store, &room, peer)
+            .await
+            .into_iter()
+            .filter(|message| message.kind == MessageKind::PeerLeft)
+            .collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].from, silent);
+        assert_eq!(left[0].data, r#"{"reason":"timeout"}"#);
+    }
+    assert!(matches!(store.touch(&room, &silent, 0, timing(0).now).await, Err(StoreError::PeerGone)));
+    assert!(store.sweep(&room, timing(0)).await.expect("sweep").gone.is_empty(), "only once");
+    let result = store.post(post_request(&room, &talker, vec![app_message(Some(&silent), "hello?", None)])).await;
+    assert!(matches!(result, Err(StoreError::NoSuchRecipient(_))));
+}
+
+pub async fn leave_tells_the_rest_and_is_idempotent(store: Arc<dyn Store>) {
+    let room = unique_room("leave");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let departures = store.leave(&room, &bob, timing(0)).await.expect("leave");
+    assert_eq!(departures.gone, [bob.clone()]);
+    assert_eq!(departures.notified, [alice.clone()]);
+    let left: Vec<_> = read_all(&*store, &room, &alice)
+        .await
+        .into_iter()
+        .filter(|message| message.kind == MessageKind::PeerLeft)
+        .collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].from.clone(), left[0].data.as_str()), (bob.clone(), r#"{"reason":"left"}"#));
+    assert_eq!(store.leave(&room, &bob, timing(0)).await.expect("leave again"), Default::default());
+    assert!(matches!(store.touch(&room, &bob, 0, timing(0).now).await, Err(StoreError::PeerGone)));
+}
+
+pub async fn concurrent_senders_keep_their_own_order(store: Arc<dyn Store>) {
+    let room = unique_room("concurrent");
+    let recipient = PeerId::mint();
+    join(&*store, &room, &recipient).await;
+    let senders: Vec<PeerId> = (0..4).map(|_| PeerId::mint()).collect();
+    for sender in &senders {
+        join(&*store, &room, sender).await;
+    }
+    let tasks: Vec<_> = senders
+        .iter()
+        .map(|sender| {
+            let (store, room, sender, recipient) = (Arc::clone(&store), room.clone(), sender.clone(), recipient.clone());
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    post_one(&*store, &room, &sender, Some(&recipient), &format!("{sender}/{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("sender finished");
+    }
+    let inbox: Vec<_> = read_all(&*store, &room, &recipient)
+        .await
+        .into_iter()
+        .filter(|message| message.kind == MessageKind::Message)
+        .collect();
+    assert_eq!(inbox.len(), 100);
+    let mut next: HashMap<PeerId, usize> = HashMap::new();
+    for message in &inbox {
+        let text: String = serde_json::from_str(&message.data).expect("a string");
+        let expected = next.entry(message.from.clone()).or_default();
+        assert_eq!(text, format!("{}/{expected}", message.from), "sender order broken");
+        *expected += 1;
+    }
+    let seqs: Vec<_> = inbox.iter().map(|message| message.seq).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]));
+}
+
+pub async fn housekeeping_sweeps_abandoned_rooms(store: Arc<dyn Store>) {
+    let room = unique_room("abandoned");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join_at(&*store, &room, &alice, timing(-120_000)).await;
+    join_at(&*store, &room, &bob, timing(-120_000)).await;
+    store.housekeeping(timing(0)).await.expect("housekeeping");
+    for peer in [&alice, &bob] {
+        assert!(matches!(store.touch(&room, peer, 0, timing(0).now).await, Err(StoreError::PeerGone)));
+    }
+    let fresh = PeerId::mint();
+    assert!(join(&*store, &room, &fresh).await.is_empty(), "the room starts afresh");
+}
+
+pub async fn health_answers(store: Arc<dyn Store>) {
+    store.health().await.expect("healthy");
+}

@@ -1,0 +1,230 @@
+//! The store: rooms, members and per-recipient inboxes, behind one trait with two
+//! implementations — [`sqlite`] (embedded, the default) and DynamoDB.
+//!
+//! An inbox is a sequence numbered 1, 2, 3… per recipient. Reads never delete: a poll asks for
+//! everything after a sequence number (the cursor), so a lost response is simply asked for
+//! again, and expiry is what removes messages. Each implementation must guarantee that a
+//! reader never sees sequence `n + 1` before `n` is readable or known never to exist; that is
+//! what keeps every sender's order at the recipient when writers commit concurrently.
+//!
+//! Rules that need no storage (who a message goes to, whether a recipient exists) are decided
+//! by [`resolve_recipients`], shared by both stores.
+
+use std::collections::HashSet;
+use std::error::Error as StdError;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::clock::Millis;
+use crate::ids::{MessageId, PeerId, RoomId};
+use crate::message::{Outgoing, StoredMessage};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod sqlite;
+
+/// A position in one inbox: the sequence number of the last message read.
+pub type Seq = u64;
+
+/// A member of a room, as the others see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub peer: PeerId,
+    pub name: Option<String>,
+}
+
+/// The time of one operation and the limits that follow from it, all in Unix milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub now: Millis,
+    /// Messages written now expire at this time.
+    pub expires_at: Millis,
+    /// Members whose last poll is older than this have timed out.
+    pub stale_before: Millis,
+}
+
+/// A join, decided atomically: sweep timed-out members, check capacity, add the newcomer and
+/// tell every member already present.
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    pub room: RoomId,
+    pub peer: PeerId,
+    pub name: Option<String>,
+    pub capacity: usize,
+    pub timing: Timing,
+}
+
+/// What a join did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The members already present, oldest first; each received `peer-joined`.
+    pub others: Vec<Member>,
+    /// Members that had timed out and were removed first.
+    pub departures: Departures,
+}
+
+/// A post of validated messages from `sender`, all or nothing.
+#[derive(Clone, Debug)]
+pub struct PostRequest {
+    pub room: RoomId,
+    pub sender: PeerId,
+    /// The messages with the server ids minted for them, in the sender's order.
+    pub messages: Vec<(MessageId, Outgoing)>,
+    /// Most unacknowledged messages an inbox may hold.
+    pub inbox_limit: u64,
+    pub timing: Timing,
+}
+
+/// What a post did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Posted {
+    /// One server id per message: a repeated client id gets the first post's id back.
+    pub ids: Vec<MessageId>,
+    /// Inboxes that received something.
+    pub recipients: Vec<PeerId>,
+}
+
+/// Peers removed from a room and the members told about it with `peer-left`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Departures {
+    pub gone: Vec<PeerId>,
+    pub notified: Vec<PeerId>,
+}
+
+/// A store failure. The first four are answers to the request; the last two are the store's.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("the peer has left the room or timed out")]
+    PeerGone,
+    #[error("{0} is not in the room")]
+    NoSuchRecipient(PeerId),
+    #[error("the room is full")]
+    RoomFull,
+    #[error("the inbox of {0} is full")]
+    InboxFull(PeerId),
+    /// Transient: the client should retry.
+    #[error("the store is unavailable")]
+    Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// Data the store cannot read back: a bug, not a passing fault.
+    #[error("the store holds data it cannot read")]
+    Corrupt(String),
+}
+
+/// The storage every deployment shares. Implementations are cheap to share (`Arc<dyn Store>`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds `request.peer` to the room unless it is full.
+    async fn join(&self, request: JoinRequest) -> Result<Joined, StoreError>;
+
+    /// Appends messages to their recipients' inboxes; every recipient must be a member.
+    async fn post(&self, request: PostRequest) -> Result<Posted, StoreError>;
+
+    /// Records that `peer` is present (it is polling) and has read up to `acked`; returns the
+    /// newest sequence number of its inbox. [`StoreError::PeerGone`] if it is not a member.
+    async fn touch(&self, room: &RoomId, peer: &PeerId, acked: Seq, now: Millis) -> Result<Seq, StoreError>;
+
+    /// Up to `limit` unexpired messages of `peer`'s inbox after `after`, in order, without gaps.
+    async fn read(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        after: Seq,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Removes members that stopped polling and tells the rest with `peer-left` (`timeout`).
+    async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError>;
+
+    /// Removes `peer` and tells the rest with `peer-left` (`left`); nothing if already gone.
+    async fn leave(&self, room: &RoomId, peer: &PeerId, timing: Timing) -> Result<Departures, StoreError>;
+
+    /// Clean-up a store cannot leave to its own expiry: drops expired data and sweeps rooms
+    /// nobody polls any more. Returns the departures per room.
+    async fn housekeeping(&self, timing: Timing) -> Result<Vec<(RoomId, Departures)>, StoreError>;
+
+    /// Whether the store answers.
+    async fn health(&self) -> Result<(), StoreError>;
+}
+
+/// Each message's recipients, as `(message index, recipient)` in post order: the named peer,
+/// or every member but the sender. Checks that the sender and every named recipient are
+/// members.
+pub fn resolve_recipients(
+    members: &[PeerId],
+    sender: &PeerId,
+    messages: &[(MessageId, Outgoing)],
+) -> Result<Vec<(usize, PeerId)>, StoreError> {
+    if !members.contains(sender) {
+        return Err(StoreError::PeerGone);
+    }
+    let mut deliveries = Vec::new();
+    for (index, (_, message)) in messages.iter().enumerate() {
+        match &message.to {
+            Some(to) if members.contains(to) => deliveries.push((index, to.clone())),
+            Some(to) => return Err(StoreError::NoSuchRecipient(to.clone())),
+            None => deliveries.extend(
+                members
+                    .iter()
+                    .filter(|member| *member != sender)
+                    .map(|member| (index, member.clone())),
+            ),
+        }
+    }
+    Ok(deliveries)
+}
+
+/// The distinct recipients of some deliveries, in first-seen order.
+pub fn distinct_recipients(deliveries: &[(usize, PeerId)]) -> Vec<PeerId> {
+    let mut seen = HashSet::new();
+    deliveries
+        .iter()
+        .filter(|(_, peer)| seen.insert(peer.clone()))
+        .map(|(_, peer)| peer.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageKind;
+
+    fn peer(name: &str) -> PeerId {
+        PeerId::parse(name).expect("valid")
+    }
+
+    fn message(to: Option<&str>) -> (MessageId, Outgoing) {
+        (
+            MessageId::mint(),
+            Outgoing {
+                to: to.map(peer),
+                kind: MessageKind::Message,
+                data: "null".into(),
+                client_id: None,
+            },
+        )
+    }
+
+    #[test]
+    fn resolves_named_and_broadcast_recipients_in_order() {
+        let members = [peer("a"), peer("b"), peer("c")];
+        let deliveries =
+            resolve_recipients(&members, &peer("a"), &[message(Some("c")), message(None)]).expect("valid");
+        assert_eq!(deliveries, [(0, peer("c")), (1, peer("b")), (1, peer("c"))]);
+        assert_eq!(distinct_recipients(&deliveries), [peer("c"), peer("b")]);
+    }
+
+    #[test]
+    fn refuses_strangers() {
+        let members = [peer("a"), peer("b")];
+        assert!(matches!(
+            resolve_recipients(&members, &peer("a"), &[message(Some("z"))]),
+            Err(StoreError::NoSuchRecipient(p)) if p == peer("z")
+        ));
+        assert!(matches!(
+            resolve_recipients(&members, &peer("z"), &[message(None)]),
+            Err(StoreError::PeerGone)
+        ));
+    }
+}
