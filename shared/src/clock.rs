@@ -9,7 +9,9 @@ pub type Millis = i64;
 pub fn now_millis() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-26T05:00:00.123Z`.
@@ -43,7 +45,10 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(1_764_133_200_123), "2025-11-26T05:00:00.123Z");
+        assert_eq!(
+            rfc3339_millis(1_764_133_200_123),
+            "2025-11-26T05:00:00.123Z"
+        );
         assert_eq!(rfc3339_seconds(1_764_140_400), "2025-11-26T07:00:00Z");
     }
 }

@@ -124,7 +124,12 @@ impl Config {
             None => return Err(ConfigError::Missing("SIGNALPOST_SECRET")),
         };
 
-        let max_wait = number(&var, "SIGNALPOST_MAX_WAIT", MAX_WAIT_CEILING, 0..=MAX_WAIT_CEILING)?;
+        let max_wait = number(
+            &var,
+            "SIGNALPOST_MAX_WAIT",
+            MAX_WAIT_CEILING,
+            0..=MAX_WAIT_CEILING,
+        )?;
         let presence_timeout = number(&var, "SIGNALPOST_PRESENCE_TIMEOUT", 60, 1..=86_400)?;
         if presence_timeout < max_wait + 5 {
             return Err(ConfigError::Invalid {
@@ -145,12 +150,22 @@ impl Config {
                 secret,
                 ttl: number(&var, "SIGNALPOST_TURN_TTL", 3600, 60..=7 * 86_400)?,
             }),
-            (false, None) => return Err(ConfigError::Missing("SIGNALPOST_TURN_SECRET (with SIGNALPOST_TURN_URLS)")),
-            (true, Some(_)) => return Err(ConfigError::Missing("SIGNALPOST_TURN_URLS (with SIGNALPOST_TURN_SECRET)")),
+            (false, None) => {
+                return Err(ConfigError::Missing(
+                    "SIGNALPOST_TURN_SECRET (with SIGNALPOST_TURN_URLS)",
+                ));
+            }
+            (true, Some(_)) => {
+                return Err(ConfigError::Missing(
+                    "SIGNALPOST_TURN_URLS (with SIGNALPOST_TURN_SECRET)",
+                ));
+            }
         };
 
         let cors_origins = match list("SIGNALPOST_CORS_ORIGINS") {
-            origins if origins.is_empty() || origins.iter().any(|origin| origin == "*") => CorsOrigins::Any,
+            origins if origins.is_empty() || origins.iter().any(|origin| origin == "*") => {
+                CorsOrigins::Any
+            }
             origins => CorsOrigins::List(origins),
         };
 
@@ -167,7 +182,8 @@ impl Config {
             secret_generated,
             token_ttl: number(&var, "SIGNALPOST_TOKEN_TTL", 86_400, 60..=30 * 86_400)?,
             gated: boolean(&var, "SIGNALPOST_GATED")?,
-            max_peers: usize::try_from(number(&var, "SIGNALPOST_MAX_PEERS", 8, 2..=32)?).unwrap_or(8),
+            max_peers: usize::try_from(number(&var, "SIGNALPOST_MAX_PEERS", 8, 2..=32)?)
+                .unwrap_or(8),
             max_wait,
             message_ttl: number(&var, "SIGNALPOST_MESSAGE_TTL", 600, 10..=7 * 86_400)?,
             presence_timeout,
@@ -194,7 +210,11 @@ fn number(
         _ => Err(ConfigError::Invalid {
             name,
             value,
-            reason: format!("expected a whole number from {} to {}", range.start(), range.end()),
+            reason: format!(
+                "expected a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
         }),
     }
 }
@@ -218,8 +238,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(deployment: Deployment, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Config::from_lookup(deployment, |name| vars.get(name).cloned())
     }
 
@@ -228,7 +250,14 @@ mod tests {
         let config = config(Deployment::Standalone, &[]).expect("defaults are valid");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!((config.max_peers, config.max_wait), (8, 25));
-        assert_eq!((config.message_ttl, config.presence_timeout, config.token_ttl), (600, 60, 86_400));
+        assert_eq!(
+            (
+                config.message_ttl,
+                config.presence_timeout,
+                config.token_ttl
+            ),
+            (600, 60, 86_400)
+        );
         assert_eq!(config.cors_origins, CorsOrigins::Any);
         assert!(config.secret_generated && !config.gated && config.turn.is_none());
         assert!(!format!("{config:?}").contains(&format!("{:?}", config.secret.expose())));
@@ -236,7 +265,10 @@ mod tests {
 
     #[test]
     fn lambda_requires_a_secret() {
-        assert!(matches!(config(Deployment::Lambda, &[]), Err(ConfigError::Missing("SIGNALPOST_SECRET"))));
+        assert!(matches!(
+            config(Deployment::Lambda, &[]),
+            Err(ConfigError::Missing("SIGNALPOST_SECRET"))
+        ));
         assert!(config(Deployment::Lambda, &[("SIGNALPOST_SECRET", "s3cret")]).is_ok());
     }
 
@@ -251,7 +283,10 @@ mod tests {
             ("SIGNALPOST_PRESENCE_TIMEOUT", "20"),
             ("SIGNALPOST_TURN_URLS", "turn:x"),
         ] {
-            assert!(config(Deployment::Standalone, &[(name, value)]).is_err(), "{name}={value} accepted");
+            assert!(
+                config(Deployment::Standalone, &[(name, value)]).is_err(),
+                "{name}={value} accepted"
+            );
         }
     }
 
@@ -260,7 +295,10 @@ mod tests {
         let config = config(
             Deployment::Standalone,
             &[
-                ("SIGNALPOST_CORS_ORIGINS", "https://a.example, https://b.example"),
+                (
+                    "SIGNALPOST_CORS_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
                 ("SIGNALPOST_STUN_URLS", "stun:a,stun:b"),
                 ("SIGNALPOST_TURN_URLS", "turn:t"),
                 ("SIGNALPOST_TURN_SECRET", "x"),

@@ -83,7 +83,10 @@ mod tests {
     fn matches_coturn_reference_vector() {
         // Computed independently with: printf %s '1764140400:alice' |
         //   openssl dgst -sha1 -hmac 'north' -binary | base64
-        assert_eq!(turn_credential("north", "1764140400:alice"), "DPgT66j2R606RlCppslKYXAaI4A=");
+        assert_eq!(
+            turn_credential("north", "1764140400:alice"),
+            "DPgT66j2R606RlCppslKYXAaI4A="
+        );
     }
 
     #[test]
@@ -94,12 +97,19 @@ mod tests {
             ttl: 600,
         };
         let peer = PeerId::parse("alice").expect("valid");
-        let (servers, expires_at) =
-            ice_servers(&["stun:stun.example.org".into()], Some(&turn), &peer, 1_764_139_800);
+        let (servers, expires_at) = ice_servers(
+            &["stun:stun.example.org".into()],
+            Some(&turn),
+            &peer,
+            1_764_139_800,
+        );
         assert_eq!(expires_at, 1_764_140_400);
         assert_eq!(servers.len(), 2);
         assert_eq!(servers[1].username.as_deref(), Some("1764140400:alice"));
-        assert_eq!(servers[1].credential.as_deref(), Some("DPgT66j2R606RlCppslKYXAaI4A="));
+        assert_eq!(
+            servers[1].credential.as_deref(),
+            Some("DPgT66j2R606RlCppslKYXAaI4A=")
+        );
         assert!(format!("{turn:?}").contains("redacted") && !format!("{turn:?}").contains("north"));
         let (none, _) = ice_servers(&[], None, &peer, 0);
         assert!(none.is_empty());

@@ -415,17 +415,31 @@ mod tests {
         let error = parse(body).expect_err("invalid second message");
         assert!(error.to_string().starts_with("messages[1]:"), "{error}");
 
-        let too_many: Vec<_> = (0..=MAX_BATCH).map(|_| serde_json::json!({"type": "message"})).collect();
+        let too_many: Vec<_> = (0..=MAX_BATCH)
+            .map(|_| serde_json::json!({"type": "message"}))
+            .collect();
         assert!(parse(serde_json::json!({ "messages": too_many })).is_err());
-        let most: Vec<_> = (0..MAX_BATCH).map(|_| serde_json::json!({"type": "message"})).collect();
-        assert_eq!(parse(serde_json::json!({ "messages": most })).map(|m| m.len()), Ok(MAX_BATCH));
+        let most: Vec<_> = (0..MAX_BATCH)
+            .map(|_| serde_json::json!({"type": "message"}))
+            .collect();
+        assert_eq!(
+            parse(serde_json::json!({ "messages": most })).map(|m| m.len()),
+            Ok(MAX_BATCH)
+        );
     }
 
     #[test]
     fn enforces_per_type_sizes() {
         let sdp = format!("v=0{}", "a".repeat(MAX_DESCRIPTION_DATA));
-        let body = serde_json::json!({"to": "B", "type": "offer", "data": {"type": "offer", "sdp": sdp}});
-        assert!(matches!(parse(body), Err(InvalidPost::DataTooLarge { limit: MAX_DESCRIPTION_DATA, .. })));
+        let body =
+            serde_json::json!({"to": "B", "type": "offer", "data": {"type": "offer", "sdp": sdp}});
+        assert!(matches!(
+            parse(body),
+            Err(InvalidPost::DataTooLarge {
+                limit: MAX_DESCRIPTION_DATA,
+                ..
+            })
+        ));
         let body = serde_json::json!({"type": "message", "data": "x".repeat(MAX_APP_DATA)});
         assert!(matches!(parse(body), Err(InvalidPost::DataTooLarge { .. })));
     }

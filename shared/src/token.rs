@@ -172,7 +172,10 @@ mod tests {
         truncated.truncate(peer_token.len() - 3);
         assert_eq!(keys.verify_peer(&truncated), Err(TokenError::Invalid));
         assert_eq!(keys.verify_peer(""), Err(TokenError::Invalid));
-        assert_eq!(keys.verify_peer(&"a".repeat(5000)), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify_peer(&"a".repeat(5000)),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
@@ -182,9 +185,16 @@ mod tests {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let claims = b64.encode(
-            format!(r#"{{"typ":"peer","room":"r","sub":"p","exp":{}}}"#, in_an_hour()).as_bytes(),
+            format!(
+                r#"{{"typ":"peer","room":"r","sub":"p","exp":{}}}"#,
+                in_an_hour()
+            )
+            .as_bytes(),
         );
         let keys = TokenKeys::new(b"secret");
-        assert_eq!(keys.verify_peer(&format!("{header}.{claims}.")), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify_peer(&format!("{header}.{claims}.")),
+            Err(TokenError::Invalid)
+        );
     }
 }

@@ -122,7 +122,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that `peer` is present (it is polling) and has read up to `acked`; returns the
     /// newest sequence number of its inbox. [`StoreError::PeerGone`] if it is not a member.
-    async fn touch(&self, room: &RoomId, peer: &PeerId, acked: Seq, now: Millis) -> Result<Seq, StoreError>;
+    async fn touch(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        acked: Seq,
+        now: Millis,
+    ) -> Result<Seq, StoreError>;
 
     /// Up to `limit` unexpired messages of `peer`'s inbox after `after`, in order, without gaps.
     async fn read(
@@ -138,7 +144,12 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError>;
 
     /// Removes `peer` and tells the rest with `peer-left` (`left`); nothing if already gone.
-    async fn leave(&self, room: &RoomId, peer: &PeerId, timing: Timing) -> Result<Departures, StoreError>;
+    async fn leave(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        timing: Timing,
+    ) -> Result<Departures, StoreError>;
 
     /// Clean-up a store cannot leave to its own expiry: drops expired data and sweeps rooms
     /// nobody polls any more. Returns the departures per room.
@@ -210,7 +221,8 @@ mod tests {
     fn resolves_named_and_broadcast_recipients_in_order() {
         let members = [peer("a"), peer("b"), peer("c")];
         let deliveries =
-            resolve_recipients(&members, &peer("a"), &[message(Some("c")), message(None)]).expect("valid");
+            resolve_recipients(&members, &peer("a"), &[message(Some("c")), message(None)])
+                .expect("valid");
         assert_eq!(deliveries, [(0, peer("c")), (1, peer("b")), (1, peer("c"))]);
         assert_eq!(distinct_recipients(&deliveries), [peer("c"), peer("b")]);
     }

@@ -69,7 +69,9 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path).map_err(unavailable)?;
         // Other processes may hold the write lock briefly; wait rather than fail.
-        connection.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(unavailable)?;
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .map_err(unavailable)?;
@@ -87,7 +89,9 @@ impl SqliteStore {
         let connection = Arc::clone(&self.connection);
         tokio::task::spawn_blocking(move || {
             // A panic mid-transaction rolled it back as it unwound, so the connection is usable.
-            let mut connection = connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             work(&mut connection)
         })
         .await
@@ -115,7 +119,10 @@ fn unavailable(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(Box::new(error))
 }
 
-fn parse_id<T>(parse: fn(&str) -> Result<T, crate::ids::InvalidId>, text: &str) -> Result<T, StoreError> {
+fn parse_id<T>(
+    parse: fn(&str) -> Result<T, crate::ids::InvalidId>,
+    text: &str,
+) -> Result<T, StoreError> {
     parse(text).map_err(|error| StoreError::Corrupt(format!("stored id {text:?}: {error}")))
 }
 
@@ -124,7 +131,9 @@ fn members(transaction: &Transaction<'_>, room: &RoomId) -> Result<Vec<Member>, 
         .prepare_cached("SELECT peer, name FROM members WHERE room = ?1 ORDER BY joined_at, peer")
         .map_err(unavailable)?;
     let rows = statement
-        .query_map(params![room.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)))
+        .query_map(params![room.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+        })
         .map_err(unavailable)?;
     rows.map(|row| {
         let (peer, name) = row.map_err(unavailable)?;
@@ -196,22 +205,39 @@ fn depart(
     if gone.is_empty() {
         return Ok(Departures::default());
     }
-    let notified: Vec<PeerId> = members(transaction, room)?.into_iter().map(|member| member.peer).collect();
+    let notified: Vec<PeerId> = members(transaction, room)?
+        .into_iter()
+        .map(|member| member.peer)
+        .collect();
     let data = reason.data();
     for peer in &gone {
         let id = MessageId::mint();
         for recipient in &notified {
-            enqueue(transaction, room, recipient, (&id, peer, MessageKind::PeerLeft, &data), timing)?;
+            enqueue(
+                transaction,
+                room,
+                recipient,
+                (&id, peer, MessageKind::PeerLeft, &data),
+                timing,
+            )?;
         }
     }
     Ok(Departures { gone, notified })
 }
 
-fn sweep(transaction: &Transaction<'_>, room: &RoomId, timing: Timing) -> Result<Departures, StoreError> {
+fn sweep(
+    transaction: &Transaction<'_>,
+    room: &RoomId,
+    timing: Timing,
+) -> Result<Departures, StoreError> {
     let stale: Vec<String> = transaction
-        .prepare_cached("SELECT peer FROM members WHERE room = ?1 AND last_seen < ?2 ORDER BY joined_at, peer")
+        .prepare_cached(
+            "SELECT peer FROM members WHERE room = ?1 AND last_seen < ?2 ORDER BY joined_at, peer",
+        )
         .map_err(unavailable)?
-        .query_map(params![room.as_str(), timing.stale_before], |row| row.get(0))
+        .query_map(params![room.as_str(), timing.stale_before], |row| {
+            row.get(0)
+        })
         .map_err(unavailable)?
         .collect::<Result<_, _>>()
         .map_err(unavailable)?;
@@ -246,7 +272,12 @@ fn previous_ids(
         }
         let stored: Option<String> = lookup
             .query_row(
-                params![request.room.as_str(), request.sender.as_str(), client_id.as_str(), request.timing.now],
+                params![
+                    request.room.as_str(),
+                    request.sender.as_str(),
+                    client_id.as_str(),
+                    request.timing.now
+                ],
                 |row| row.get(0),
             )
             .optional()
@@ -272,14 +303,22 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
         .filter(|(_, previous)| previous.is_none())
         .map(|(message, _)| message.clone())
         .collect();
-    let member_ids: Vec<PeerId> = members(transaction, room)?.into_iter().map(|member| member.peer).collect();
+    let member_ids: Vec<PeerId> = members(transaction, room)?
+        .into_iter()
+        .map(|member| member.peer)
+        .collect();
     let deliveries = resolve_recipients(&member_ids, &request.sender, &fresh)?;
     let recipients = distinct_recipients(&deliveries);
 
     for recipient in &recipients {
-        let incoming = deliveries.iter().filter(|(_, peer)| peer == recipient).count() as u64;
+        let incoming = deliveries
+            .iter()
+            .filter(|(_, peer)| peer == recipient)
+            .count() as u64;
         let unread: i64 = transaction
-            .prepare_cached("SELECT last_seq - acked_seq FROM members WHERE room = ?1 AND peer = ?2")
+            .prepare_cached(
+                "SELECT last_seq - acked_seq FROM members WHERE room = ?1 AND peer = ?2",
+            )
             .map_err(unavailable)?
             .query_row(params![room.as_str(), recipient.as_str()], |row| row.get(0))
             .map_err(unavailable)?;
@@ -358,10 +397,17 @@ impl Store for SqliteStore {
     }
 
     async fn post(&self, request: PostRequest) -> Result<Posted, StoreError> {
-        self.write(move |transaction| post(transaction, request)).await
+        self.write(move |transaction| post(transaction, request))
+            .await
     }
 
-    async fn touch(&self, room: &RoomId, peer: &PeerId, acked: Seq, now: Millis) -> Result<Seq, StoreError> {
+    async fn touch(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        acked: Seq,
+        now: Millis,
+    ) -> Result<Seq, StoreError> {
         let (room, peer) = (room.clone(), peer.clone());
         let acked = i64::try_from(acked).unwrap_or(i64::MAX);
         self.with(move |connection| {
@@ -399,25 +445,30 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             let rows = statement
-                .query_map(params![room.as_str(), peer.as_str(), after, now, limit], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, i64>(5)?,
-                    ))
-                })
+                .query_map(
+                    params![room.as_str(), peer.as_str(), after, now, limit],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, String>(4)?,
+                            row.get::<_, i64>(5)?,
+                        ))
+                    },
+                )
                 .map_err(unavailable)?;
             rows.map(|row| {
                 let (seq, id, sender, kind, data, sent_at) = row.map_err(unavailable)?;
                 Ok(StoredMessage {
-                    seq: Seq::try_from(seq).map_err(|_| StoreError::Corrupt(format!("sequence {seq}")))?,
+                    seq: Seq::try_from(seq)
+                        .map_err(|_| StoreError::Corrupt(format!("sequence {seq}")))?,
                     id: parse_id(MessageId::parse, &id)?,
                     from: parse_id(PeerId::parse, &sender)?,
                     to: peer.clone(),
-                    kind: MessageKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+                    kind: MessageKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
                     data,
                     sent_at,
                 })
@@ -429,13 +480,21 @@ impl Store for SqliteStore {
 
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError> {
         let room = room.clone();
-        self.write(move |transaction| sweep(transaction, &room, timing)).await
+        self.write(move |transaction| sweep(transaction, &room, timing))
+            .await
     }
 
-    async fn leave(&self, room: &RoomId, peer: &PeerId, timing: Timing) -> Result<Departures, StoreError> {
+    async fn leave(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        timing: Timing,
+    ) -> Result<Departures, StoreError> {
         let (room, peer) = (room.clone(), peer.clone());
         self.write(move |transaction| {
-            let present = members(transaction, &room)?.iter().any(|member| member.peer == peer);
+            let present = members(transaction, &room)?
+                .iter()
+                .any(|member| member.peer == peer);
             let gone = if present { vec![peer] } else { Vec::new() };
             depart(transaction, &room, gone, LeaveReason::Left, timing)
         })
@@ -445,10 +504,16 @@ impl Store for SqliteStore {
     async fn housekeeping(&self, timing: Timing) -> Result<Vec<(RoomId, Departures)>, StoreError> {
         self.write(move |transaction| {
             transaction
-                .execute("DELETE FROM messages WHERE expires_at <= ?1", params![timing.now])
+                .execute(
+                    "DELETE FROM messages WHERE expires_at <= ?1",
+                    params![timing.now],
+                )
                 .map_err(unavailable)?;
             transaction
-                .execute("DELETE FROM sent_ids WHERE expires_at <= ?1", params![timing.now])
+                .execute(
+                    "DELETE FROM sent_ids WHERE expires_at <= ?1",
+                    params![timing.now],
+                )
                 .map_err(unavailable)?;
             let rooms: Vec<String> = transaction
                 .prepare("SELECT DISTINCT room FROM members WHERE last_seen < ?1")
@@ -505,7 +570,49 @@ mod tests {
             post_one(&store, &room, &alice, Some(&bob), "kept").await;
         }
         let store = SqliteStore::open(&path).expect("reopens");
-        let held = store.read(&room, &bob, 0, 100, timing(0).now).await.expect("reads");
-        assert_eq!(held.last().map(|message| message.data.as_str()), Some("\"kept\""));
+        let held = store
+            .read(&room, &bob, 0, 100, timing(0).now)
+            .await
+            .expect("reads");
+        assert_eq!(
+            held.last().map(|message| message.data.as_str()),
+            Some("\"kept\"")
+        );
+    }
+
+    #[tokio::test]
+    async fn housekeeping_drops_expired_rows_and_silent_members() {
+        use crate::store::conformance::{join, post_one, timing};
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::open(&directory.path().join("housekeeping.db")).expect("opens");
+        let room = RoomId::parse("kept-small").expect("valid");
+        let (alice, bob) = (PeerId::mint(), PeerId::mint());
+        join(&store, &room, &alice).await;
+        join(&store, &room, &bob).await;
+        post_one(&store, &room, &alice, Some(&bob), "old").await;
+        let count = |table: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .with(move |connection| {
+                        connection
+                            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                                row.get::<_, i64>(0)
+                            })
+                            .map_err(unavailable)
+                    })
+                    .await
+                    .expect("counts")
+            }
+        };
+        assert_eq!((count("members").await, count("messages").await), (2, 2));
+        // Eleven minutes later: every message has expired and both peers have timed out.
+        let departures = store
+            .housekeeping(timing(660_000))
+            .await
+            .expect("housekeeping");
+        assert_eq!(departures.len(), 1);
+        assert_eq!(departures[0].1.gone.len(), 2);
+        assert_eq!((count("members").await, count("messages").await), (0, 0));
     }
 }
