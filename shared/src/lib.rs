@@ -7,11 +7,13 @@
 
 pub mod clock;
 pub mod config;
-//TMP pub mod http;
+pub mod cursor;
+pub mod error;
+pub mod http;
 pub mod ice;
 pub mod ids;
 pub mod message;
-//TMP pub mod signalling;
+pub mod signalling;
 pub mod store;
 pub mod token;
-//TMP pub mod wakeup;
+pub mod wakeup;

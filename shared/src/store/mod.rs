@@ -24,6 +24,13 @@ use crate::message::{Outgoing, StoredMessage};
 pub mod conformance;
 pub mod sqlite;
 
+/// Opens the store the configuration names: SQLite at `SIGNALPOST_DB` by default.
+pub async fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(
+        &config.db_path,
+    )?))
+}
+
 /// A position in one inbox: the sequence number of the last message read.
 pub type Seq = u64;
 

@@ -1,0 +1,150 @@
+//! `signalpost`: the standalone server (every route, the demo page and the client library, on
+//! the embedded SQLite store unless `SIGNALPOST_TABLE` is set), plus its admin commands.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use signalpost_shared::clock::now_millis;
+use signalpost_shared::config::{Config, Deployment};
+use signalpost_shared::http::standalone_router;
+use signalpost_shared::ids::RoomId;
+use signalpost_shared::signalling::Signalling;
+use signalpost_shared::store;
+
+/// How often the embedded store drops expired messages and silent peers.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// WebRTC signalling over plain HTTP: clients POST offers, answers and ICE candidates and
+/// long-poll for the other side's.
+///
+/// Without a command, serves the API, the demo call page at / and the client library at
+/// /signalpost.js. Configuration comes from the SIGNALPOST_* environment variables (see the
+/// README); the embedded database is SIGNALPOST_DB (default ./signalpost.db).
+#[derive(Parser)]
+#[command(name = "signalpost", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a join token for a gated room (SIGNALPOST_GATED=true), signed with SIGNALPOST_SECRET.
+    Token {
+        /// The room the token opens.
+        #[arg(long)]
+        room: String,
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match Config::from_env(Deployment::Standalone) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("signalpost: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        None => serve(config).await,
+        Some(Command::Token { room, ttl }) => print_join_token(&config, &room, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("signalpost: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_join_token(config: &Config, room: &str, ttl: u64) -> Result<(), String> {
+    if config.secret_generated {
+        return Err("set SIGNALPOST_SECRET to the server's secret: a token signed with anything else is refused".into());
+    }
+    let room = RoomId::parse(room).map_err(|error| error.to_string())?;
+    let expires_at = now_millis() / 1000 + i64::try_from(ttl).map_err(|_| "--ttl is too large")?;
+    let keys = signalpost_shared::token::TokenKeys::new(config.secret.expose());
+    println!("{}", keys.issue_join(&room, expires_at));
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    if config.secret_generated {
+        tracing::warn!(
+            "SIGNALPOST_SECRET is not set: using a random secret, so tokens stop working when this process restarts"
+        );
+    }
+    let store = store::open(&config)
+        .await
+        .map_err(|error| format!("cannot open the store: {error}"))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let signalling = Arc::new(Signalling::new(config, store));
+    let router = standalone_router(Arc::clone(&signalling));
+
+    let housekeeping = tokio::spawn({
+        let signalling = Arc::clone(&signalling);
+        async move {
+            let mut every = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+            loop {
+                every.tick().await;
+                // A failure is logged where it becomes an ApiError; the next round retries.
+                let _ = signalling.housekeeping().await;
+            }
+        }
+    });
+
+    // Tests and scripts wait for this line; it goes to stdout, unlike the logs.
+    println!("signalpost listening on http://{address} (demo page at http://{address}/)");
+    let shutdown = {
+        let signalling = Arc::clone(&signalling);
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: ending long polls, finishing requests in flight");
+            signalling.begin_shutdown();
+        }
+    };
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    housekeeping.abort();
+    served.map_err(|error| format!("server error: {error}"))
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

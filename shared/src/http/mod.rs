@@ -1,0 +1,190 @@
+//! HTTP: the contract's routes as one table, the handlers behind them, and the tower layers
+//! every deployment shares (CORS, `Cache-Control: no-store`, body limit, panic guard).
+//!
+//! The standalone server mounts every route plus the demo page; each Lambda function mounts
+//! only its own routes from the same table, so the two can never drift apart.
+
+pub mod extract;
+mod messages;
+mod meta;
+mod peers;
+mod web;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::CorsOrigins;
+use crate::error::ApiError;
+use crate::signalling::Signalling;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long browsers may cache a CORS preflight (Chromium caps it at two hours).
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(7200);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub signalling: Arc<Signalling>,
+}
+
+/// The Lambda functions; each serves some of the routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Function {
+    Join,
+    Post,
+    Poll,
+    Leave,
+    IceServers,
+}
+
+impl Function {
+    /// Every function.
+    pub const ALL: [Self; 5] = [
+        Self::Join,
+        Self::Post,
+        Self::Poll,
+        Self::Leave,
+        Self::IceServers,
+    ];
+
+    /// The binary name, as in the watch router and the SAM template.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Post => "post",
+            Self::Poll => "poll",
+            Self::Leave => "leave",
+            Self::IceServers => "ice-servers",
+        }
+    }
+}
+
+/// One route of the contract.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub function: Function,
+    handler: fn() -> MethodRouter<AppState>,
+}
+
+/// Every route of the contract and the function that serves it.
+pub const ROUTES: [Route; 8] = [
+    Route {
+        method: Method::POST,
+        path: "/v1/rooms/{room}/peers",
+        function: Function::Join,
+        handler: || post(peers::join),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/rooms/{room}/messages",
+        function: Function::Post,
+        handler: || post(messages::send),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/rooms/{room}/messages",
+        function: Function::Poll,
+        handler: || get(messages::poll),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/rooms/{room}/peers/{peer}",
+        function: Function::Leave,
+        handler: || delete(peers::leave),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/rooms/{room}/peers/{peer}/leave",
+        function: Function::Leave,
+        handler: || post(peers::beacon_leave),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/ice-servers",
+        function: Function::IceServers,
+        handler: || get(meta::ice_servers),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/health",
+        function: Function::IceServers,
+        handler: || get(meta::health),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/openapi.yaml",
+        function: Function::IceServers,
+        handler: || get(meta::openapi),
+    },
+];
+
+/// The API routes served by `functions`, with the shared layers. Other functions' paths are
+/// known but serve no method, so a wrong method is a 405 here too (API Gateway sends unknown
+/// routes to one function).
+pub fn api_router(signalling: Arc<Signalling>, functions: &[Function]) -> Router {
+    let routes = ROUTES.iter().fold(Router::new(), |router, route| {
+        if functions.contains(&route.function) {
+            router.route(route.path, (route.handler)())
+        } else {
+            router.route(route.path, MethodRouter::new())
+        }
+    });
+    finish(routes, signalling)
+}
+
+/// Every route plus the demo page and client library: the standalone server.
+pub fn standalone_router(signalling: Arc<Signalling>) -> Router {
+    let routes = ROUTES.iter().fold(Router::new(), |router, route| {
+        router.route(route.path, (route.handler)())
+    });
+    let routes = routes.merge(web::routes(signalling.config().web_dir.clone()));
+    finish(routes, signalling)
+}
+
+fn finish(routes: Router<AppState>, signalling: Arc<Signalling>) -> Router {
+    let cors = cors_layer(&signalling.config().cors_origins);
+    routes
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_panic| -> Response {
+            tracing::error!("a handler panicked");
+            ApiError::Internal.into_response()
+        }))
+        .layer(cors)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .with_state(AppState { signalling })
+}
+
+fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
+    let allow_origin = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(origins) => AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([HeaderName::from_static("retry-after")])
+        .max_age(PREFLIGHT_MAX_AGE)
+}

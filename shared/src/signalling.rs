@@ -1,0 +1,354 @@
+//! The contract's rules, independent of HTTP: join, send, long-poll, leave, ICE servers.
+//!
+//! Handlers in [`crate::http`] parse requests into domain types and call these methods; the
+//! methods talk to the [`Store`] and wake waiting polls. Nothing here knows which store or
+//! which deployment it runs in.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::clock::{Millis, now_millis, rfc3339_seconds};
+use crate::config::Config;
+use crate::cursor::Cursor;
+use crate::error::ApiError;
+use crate::ice::{IceServer, ice_servers};
+use crate::ids::{MessageId, PeerId, RoomId};
+use crate::message::{Outgoing, StoredMessage};
+use crate::store::{Departures, JoinRequest, PostRequest, Store, Timing};
+use crate::token::{PeerGrant, TokenError, TokenKeys};
+use crate::wakeup::{PollSchedule, Wakeups};
+
+/// Most messages one poll returns.
+pub const MAX_MESSAGES_PER_POLL: usize = 100;
+/// How often a waiting poll checks its room for peers that stopped polling.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// The default long-poll wait when the client names none.
+const DEFAULT_WAIT: u64 = 20;
+
+/// The signalling service over one store.
+pub struct Signalling {
+    config: Config,
+    store: Arc<dyn Store>,
+    keys: TokenKeys,
+    wakeups: Wakeups,
+    schedule: PollSchedule,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The join response body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    pub peer: PeerId,
+    pub token: String,
+    pub expires_at: String,
+    pub polite: bool,
+    pub peers: Vec<PeerSummary>,
+    pub ice_servers: Vec<IceServer>,
+    pub max_wait: u64,
+}
+
+/// Another member, as listed in the join response.
+#[derive(Serialize)]
+pub struct PeerSummary {
+    pub peer: PeerId,
+    pub name: Option<String>,
+}
+
+/// The ICE servers response body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServers {
+    pub ice_servers: Vec<IceServer>,
+    pub expires_at: String,
+}
+
+/// What a poll found: messages in order, and the cursor to resume after them.
+pub struct Polled {
+    pub messages: Vec<StoredMessage>,
+    pub cursor: Cursor,
+}
+
+impl Signalling {
+    /// The service over `store`, configured by `config`.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        Self {
+            keys: TokenKeys::new(config.secret.expose()),
+            config,
+            store,
+            wakeups: Wakeups::default(),
+            schedule: PollSchedule::default(),
+            shutdown: watch::Sender::new(false),
+        }
+    }
+
+    /// Replaces the store-read schedule of waiting polls (benchmarks and tests).
+    pub fn with_schedule(mut self, schedule: PollSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The token keys, for minting join tokens.
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    fn timing(&self) -> Timing {
+        let now = now_millis();
+        Timing {
+            now,
+            expires_at: now + seconds_to_millis(self.config.message_ttl),
+            stale_before: now - seconds_to_millis(self.config.presence_timeout),
+        }
+    }
+
+    /// Checks a bearer token.
+    pub fn verify_peer_token(&self, token: &str) -> Result<PeerGrant, ApiError> {
+        self.keys.verify_peer(token).map_err(|error| match error {
+            TokenError::Expired => {
+                ApiError::Unauthorized("the token has expired: join again".into())
+            }
+            TokenError::Invalid => ApiError::Unauthorized(error.to_string()),
+        })
+    }
+
+    /// Joins `room`: mints a peer, tells the members present, and hands out a token.
+    pub async fn join(
+        &self,
+        room: RoomId,
+        name: Option<String>,
+        join_token: Option<&str>,
+    ) -> Result<Joined, ApiError> {
+        if self.config.gated {
+            let token = join_token.ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "this server's rooms are gated: a joinToken is required".into(),
+                )
+            })?;
+            let opens = self
+                .keys
+                .verify_join(token)
+                .map_err(|error| ApiError::Unauthorized(error.to_string()))?;
+            if opens != room {
+                return Err(ApiError::Forbidden(
+                    "the joinToken is for another room".into(),
+                ));
+            }
+        }
+        let peer = PeerId::mint();
+        let timing = self.timing();
+        let joined = self
+            .store
+            .join(JoinRequest {
+                room: room.clone(),
+                peer: peer.clone(),
+                name: name.clone(),
+                capacity: self.config.max_peers,
+                timing,
+            })
+            .await?;
+        self.wakeups
+            .wake(&room, joined.others.iter().map(|member| &member.peer));
+        self.wake_departures(&room, &joined.departures);
+
+        let expires_at =
+            timing.now / 1000 + i64::try_from(self.config.token_ttl).unwrap_or(i64::MAX);
+        let (ice_servers, _) = self.ice_servers_for(&peer, timing.now);
+        Ok(Joined {
+            token: self.keys.issue_peer(&room, &peer, expires_at),
+            peer,
+            expires_at: rfc3339_seconds(expires_at),
+            polite: true,
+            peers: joined
+                .others
+                .into_iter()
+                .map(|member| PeerSummary {
+                    peer: member.peer,
+                    name: member.name,
+                })
+                .collect(),
+            ice_servers,
+            max_wait: self.config.max_wait,
+        })
+    }
+
+    /// Stores validated messages from the grant's peer; returns one server id per message.
+    pub async fn post(
+        &self,
+        grant: &PeerGrant,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<MessageId>, ApiError> {
+        let posted = self
+            .store
+            .post(PostRequest {
+                room: grant.room.clone(),
+                sender: grant.peer.clone(),
+                messages: messages
+                    .into_iter()
+                    .map(|message| (MessageId::mint(), message))
+                    .collect(),
+                inbox_limit: self.config.max_inbox,
+                timing: self.timing(),
+            })
+            .await?;
+        self.wakeups.wake(&grant.room, &posted.recipients);
+        Ok(posted.ids)
+    }
+
+    /// Parses the `wait` query value: a whole number of seconds up to `maxWait`.
+    pub fn parse_wait(&self, wait: Option<&str>) -> Result<Duration, ApiError> {
+        let max = self.config.max_wait;
+        let Some(text) = wait else {
+            return Ok(Duration::from_secs(DEFAULT_WAIT.min(max)));
+        };
+        match text.parse::<u64>() {
+            Ok(seconds) if seconds <= max && text.bytes().all(|byte| byte.is_ascii_digit()) => {
+                Ok(Duration::from_secs(seconds))
+            }
+            _ => Err(ApiError::InvalidRequest(format!(
+                "wait must be a whole number of seconds from 0 to {max}"
+            ))),
+        }
+    }
+
+    /// The long poll: returns as soon as the grant's inbox has messages after `after`, or
+    /// empty once `wait` has passed (or the server is shutting down).
+    pub async fn poll(
+        &self,
+        grant: &PeerGrant,
+        after: Option<Cursor>,
+        wait: Duration,
+    ) -> Result<Polled, ApiError> {
+        let (room, peer) = (&grant.room, &grant.peer);
+        let started = Instant::now();
+        let deadline = started + wait;
+        let subscription = self.wakeups.subscribe(room, peer);
+        let mut shutdown = self.shutdown.subscribe();
+        let after_seq = after.map_or(0, |cursor| cursor.seq);
+        let head = self
+            .store
+            .touch(room, peer, after_seq, now_millis())
+            .await?;
+        if after_seq > head {
+            return Err(ApiError::InvalidRequest(
+                "after is ahead of this inbox (a cursor from an earlier session?): poll without it"
+                    .into(),
+            ));
+        }
+        // A first poll counts as activity: a negotiation usually follows a join.
+        let activity = after.map_or_else(now_millis, |cursor| cursor.activity);
+        let mut next_sweep = started;
+        loop {
+            let woken = subscription.notify().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if Instant::now() >= next_sweep {
+                self.sweep(room).await?;
+                next_sweep = Instant::now() + SWEEP_INTERVAL;
+            }
+            let messages = self
+                .store
+                .read(room, peer, after_seq, MAX_MESSAGES_PER_POLL, now_millis())
+                .await?;
+            let now = Instant::now();
+            if let Some(last) = messages.last() {
+                let cursor = Cursor {
+                    seq: last.seq,
+                    activity: last.sent_at,
+                };
+                return Ok(Polled { messages, cursor });
+            }
+            if now >= deadline || *shutdown.borrow() {
+                let cursor = Cursor {
+                    seq: after_seq,
+                    activity,
+                };
+                return Ok(Polled { messages, cursor });
+            }
+            let quiet = Duration::from_millis(u64::try_from(now_millis() - activity).unwrap_or(0));
+            let pause = self
+                .schedule
+                .interval(quiet)
+                .min(deadline - now)
+                .min(next_sweep.saturating_duration_since(now));
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn sweep(&self, room: &RoomId) -> Result<(), ApiError> {
+        let departures = self.store.sweep(room, self.timing()).await?;
+        self.wake_departures(room, &departures);
+        Ok(())
+    }
+
+    fn wake_departures(&self, room: &RoomId, departures: &Departures) {
+        if !departures.gone.is_empty() {
+            self.wakeups.wake(room, &departures.notified);
+        }
+    }
+
+    /// Removes the grant's peer from its room; leaving twice is not an error.
+    pub async fn leave(&self, grant: &PeerGrant) -> Result<(), ApiError> {
+        let departures = self
+            .store
+            .leave(&grant.room, &grant.peer, self.timing())
+            .await?;
+        self.wake_departures(&grant.room, &departures);
+        Ok(())
+    }
+
+    fn ice_servers_for(&self, peer: &PeerId, now: Millis) -> (Vec<IceServer>, i64) {
+        ice_servers(
+            &self.config.stun_urls,
+            self.config.turn.as_ref(),
+            peer,
+            now / 1000,
+        )
+    }
+
+    /// Fresh ICE servers (TURN credentials) for the grant's peer.
+    pub fn ice_servers(&self, grant: &PeerGrant) -> IceServers {
+        let (ice_servers, expires_at) = self.ice_servers_for(&grant.peer, now_millis());
+        IceServers {
+            ice_servers,
+            expires_at: rfc3339_seconds(expires_at),
+        }
+    }
+
+    /// Whether the store answers.
+    pub async fn health(&self) -> Result<(), ApiError> {
+        Ok(self.store.health().await?)
+    }
+
+    /// Periodic clean-up for stores that need it (the embedded one).
+    pub async fn housekeeping(&self) -> Result<(), ApiError> {
+        for (room, departures) in self.store.housekeeping(self.timing()).await? {
+            self.wake_departures(&room, &departures);
+        }
+        Ok(())
+    }
+
+    /// Ends every waiting poll now (with whatever it has) and makes new ones return at once,
+    /// so a graceful shutdown does not wait out 25-second polls.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+fn seconds_to_millis(seconds: u64) -> Millis {
+    i64::try_from(seconds)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
+}
