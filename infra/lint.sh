@@ -22,6 +22,8 @@ template="infra/template.yaml"
 transformed="target/infra/template.transformed.json"
 requirements=(cfn-lint==1.58.0 checkov==3.3.30 aws-sam-translator==1.115.0)
 cd "$root"
+# sam would otherwise report usage metrics to AWS.
+export SAM_CLI_TELEMETRY=0
 
 if [[ ! -x "$venv/bin/python" ]]; then
     echo "creating virtualenv $venv"
