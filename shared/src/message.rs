@@ -160,6 +160,10 @@ struct IceCandidate {
 
 /// Parses a post body into validated messages (1 to [`MAX_BATCH`]), all or nothing.
 pub fn parse_post(body: &[u8]) -> Result<Vec<Outgoing>, InvalidPost> {
+    // serde would also accept a JSON array for a struct; the contract says object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(InvalidPost::Body("the body must be a JSON object".into()));
+    }
     let mut body: RawMessage<'_> = serde_json::from_slice(body)
         .map_err(|error| InvalidPost::Body(format!("body is not a valid message: {error}")))?;
     let Some(batch) = body.messages.take() else {
@@ -180,6 +184,12 @@ pub fn parse_post(body: &[u8]) -> Result<Vec<Outgoing>, InvalidPost> {
         .iter()
         .enumerate()
         .map(|(index, raw)| {
+            if !raw.get().starts_with('{') {
+                return Err(InvalidPost::Message {
+                    index,
+                    reason: "each message must be a JSON object".into(),
+                });
+            }
             let message: RawMessage<'_> =
                 serde_json::from_str(raw.get()).map_err(|error| InvalidPost::Message {
                     index,

@@ -143,21 +143,23 @@ mod tests {
         let (alice, bob) = (PeerId::mint(), PeerId::mint());
         let alice_sub = wakeups.subscribe(&room, &alice);
         let bob_sub = wakeups.subscribe(&room, &bob);
-        let alice_woken = alice_sub.notify().notified();
-        let bob_woken = bob_sub.notify().notified();
-        tokio::pin!(alice_woken, bob_woken);
-        alice_woken.as_mut().enable();
-        bob_woken.as_mut().enable();
-        wakeups.wake(&room, [&alice]);
-        tokio::time::timeout(Duration::from_secs(1), alice_woken)
-            .await
-            .expect("alice woken");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), bob_woken)
+        {
+            let alice_woken = alice_sub.notify().notified();
+            let bob_woken = bob_sub.notify().notified();
+            tokio::pin!(alice_woken, bob_woken);
+            alice_woken.as_mut().enable();
+            bob_woken.as_mut().enable();
+            wakeups.wake(&room, [&alice]);
+            tokio::time::timeout(Duration::from_secs(1), alice_woken)
                 .await
-                .is_err(),
-            "bob not woken"
-        );
+                .expect("alice woken");
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), bob_woken)
+                    .await
+                    .is_err(),
+                "bob not woken"
+            );
+        }
         assert_eq!(wakeups.waiting_inboxes(), 2);
         drop(alice_sub);
         drop(bob_sub);

@@ -39,16 +39,22 @@ pub async fn join(
         JoinBody::default()
     } else {
         require_json(&headers)?;
+        // serde would also accept a JSON array for a struct; the contract says object.
+        if request.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::InvalidRequest(
+                "the join body must be a JSON object".into(),
+            ));
+        }
         serde_json::from_slice(&request).map_err(|error| {
             ApiError::InvalidRequest(format!("the join body is not valid: {error}"))
         })?
     };
-    if let Some(name) = &request.name {
-        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-            return Err(ApiError::InvalidRequest(format!(
-                "name must be at most {MAX_NAME_CHARS} characters, without control characters"
-            )));
-        }
+    if let Some(name) = &request.name
+        && (name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control))
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "name must be at most {MAX_NAME_CHARS} characters, without control characters"
+        )));
     }
     let joined = state
         .signalling

@@ -142,7 +142,10 @@ pub async fn join_lists_members_and_announces_the_newcomer(store: Arc<dyn Store>
     let room = unique_room("join");
     let (alice, bob, carol) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
     assert!(join(&*store, &room, &alice).await.is_empty());
-    assert_eq!(join(&*store, &room, &bob).await, [alice.clone()]);
+    assert_eq!(
+        join(&*store, &room, &bob).await,
+        std::slice::from_ref(&alice)
+    );
     assert_eq!(
         join(&*store, &room, &carol).await,
         [alice.clone(), bob.clone()]
@@ -220,7 +223,7 @@ pub async fn post_delivers_in_order_with_contiguous_sequence(store: Arc<dyn Stor
         .await
         .expect("post succeeds");
     assert_eq!(posted.ids, minted);
-    assert_eq!(posted.recipients, [bob.clone()]);
+    assert_eq!(posted.recipients, std::slice::from_ref(&bob));
     for i in 30..40 {
         post_one(&*store, &room, &alice, Some(&bob), &format!("m{i}")).await;
     }
@@ -471,7 +474,7 @@ pub async fn sweep_removes_silent_peers_and_tells_the_rest(store: Arc<dyn Store>
             .expect("present");
     }
     let departures = store.sweep(&room, timing(0)).await.expect("sweep");
-    assert_eq!(departures.gone, [silent.clone()]);
+    assert_eq!(departures.gone, std::slice::from_ref(&silent));
     assert_eq!(departures.notified.len(), 2);
     for peer in [&talker, &listener] {
         let left: Vec<_> = read_all(&*store, &room, peer)
@@ -512,8 +515,8 @@ pub async fn leave_tells_the_rest_and_is_idempotent(store: Arc<dyn Store>) {
     join(&*store, &room, &alice).await;
     join(&*store, &room, &bob).await;
     let departures = store.leave(&room, &bob, timing(0)).await.expect("leave");
-    assert_eq!(departures.gone, [bob.clone()]);
-    assert_eq!(departures.notified, [alice.clone()]);
+    assert_eq!(departures.gone, std::slice::from_ref(&bob));
+    assert_eq!(departures.notified, std::slice::from_ref(&alice));
     let left: Vec<_> = read_all(&*store, &room, &alice)
         .await
         .into_iter()

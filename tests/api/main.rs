@@ -1,0 +1,12 @@
+//! Black-box tests of the HTTP API against the real `signalpost` binary over loopback HTTP.
+//! Every test starts its own server (own port, own SQLite file), so they run in parallel.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod conventions;
+mod delivery;
+mod errors;
+mod lifecycle;
+mod membership;

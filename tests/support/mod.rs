@@ -1,0 +1,333 @@
+//! The black-box harness: starts the real `signalpost` binary on a free loopback port with its
+//! own SQLite file, and speaks HTTP to it like any client would.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// The secret every test server signs with, so tests can mint tokens of their own.
+pub const SECRET: &str = "black-box-test-secret";
+/// The longest a server may take to print its address.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `signalpost` process.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    listen: String,
+    env: Vec<(String, String)>,
+    directory: tempfile::TempDir,
+}
+
+/// How to stop a server.
+#[derive(Clone, Copy)]
+pub enum Stop {
+    /// SIGTERM: a graceful shutdown.
+    Terminate,
+    /// SIGKILL: the process dies mid-flight.
+    Kill,
+}
+
+impl Server {
+    /// A server with the default configuration.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra `SIGNALPOST_*` variables.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let mut server = Self {
+            child: None,
+            base: String::new(),
+            listen: "127.0.0.1:0".into(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            directory: tempfile::tempdir().expect("temporary directory"),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signalpost"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SIGNALPOST_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("SIGNALPOST_LISTEN", &self.listen)
+            .env("SIGNALPOST_DB", self.directory.path().join("signalpost.db"))
+            .env("SIGNALPOST_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("the signalpost binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (found, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = found.send(url);
+                }
+            }
+        });
+        let base = address
+            .recv_timeout(STARTUP_TIMEOUT)
+            .expect("signalpost printed the address it listens on");
+        self.listen = base.trim_start_matches("http://").to_owned();
+        self.base = base;
+        self.child = Some(child);
+    }
+
+    /// Stops the process and waits for it to exit; returns how long exiting took.
+    pub fn stop(&mut self, how: Stop) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        let started = std::time::Instant::now();
+        match how {
+            Stop::Kill => child.kill().expect("kill"),
+            Stop::Terminate => {
+                let status = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status()
+                    .expect("kill -TERM runs");
+                assert!(status.success());
+            }
+        }
+        child.wait().expect("the server exits");
+        started.elapsed()
+    }
+
+    /// Stops the process and starts it again on the same port and database.
+    pub fn restart(&mut self, how: Stop) {
+        self.stop(how);
+        self.spawn();
+    }
+
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP client with a timeout longer than any long poll.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .expect("HTTP client")
+}
+
+/// A room name no other test uses.
+pub fn room() -> String {
+    format!("room-{}", ulid::Ulid::new())
+}
+
+/// A peer that has joined a room, with its own poll cursor.
+pub struct Peer {
+    pub id: String,
+    pub token: String,
+    pub room: String,
+    pub joined: Value,
+    pub cursor: Option<String>,
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Joins `room` as `name`, asserting 201.
+pub async fn join(server: &Server, room: &str, name: &str) -> Peer {
+    let http = http();
+    let response = http
+        .post(server.url(&format!("/v1/rooms/{room}/peers")))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .expect("join request");
+    assert_eq!(
+        response.status(),
+        201,
+        "join failed: {:?}",
+        response.text().await
+    );
+    let joined: Value = response.json().await.expect("join body");
+    Peer {
+        id: joined["peer"].as_str().expect("peer id").to_owned(),
+        token: joined["token"].as_str().expect("token").to_owned(),
+        room: room.to_owned(),
+        joined,
+        cursor: None,
+        base: server.base.clone(),
+        http,
+    }
+}
+
+impl Peer {
+    fn messages_url(&self) -> String {
+        format!("{}/v1/rooms/{}/messages", self.base, self.room)
+    }
+
+    /// Posts a body to the room's messages route.
+    pub async fn post(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.messages_url())
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("post request")
+    }
+
+    /// Posts a body and asserts 202; returns the server ids.
+    pub async fn send(&self, body: Value) -> Vec<String> {
+        let response = self.post(&body).await;
+        assert_eq!(
+            response.status(),
+            202,
+            "send failed: {:?}",
+            response.text().await
+        );
+        let accepted: Value = response.json().await.expect("send body");
+        accepted["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|id| id.as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    /// A poll request with explicit parameters.
+    pub async fn poll_raw(&self, query: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}?{query}", self.messages_url()))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("poll request")
+    }
+
+    /// Polls after the stored cursor, asserts 200, advances the cursor, returns the messages.
+    pub async fn poll(&mut self, wait: u64) -> Vec<Value> {
+        let query = match &self.cursor {
+            Some(cursor) => format!("wait={wait}&after={cursor}"),
+            None => format!("wait={wait}"),
+        };
+        let response = self.poll_raw(&query).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "poll failed: {:?}",
+            response.text().await
+        );
+        let body: Value = response.json().await.expect("poll body");
+        self.cursor = Some(body["cursor"].as_str().expect("cursor").to_owned());
+        body["messages"].as_array().expect("messages").clone()
+    }
+
+    /// Drops pooled connections, as a client does after its server restarted.
+    pub fn reconnect(&mut self) {
+        self.http = http();
+    }
+
+    /// Polls until `count` messages of `kind` have arrived (bounded), returning all messages
+    /// seen on the way.
+    pub async fn collect(&mut self, kind: &str, count: usize) -> Vec<Value> {
+        let wait = self.joined["maxWait"].as_u64().unwrap_or(2).min(2);
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            seen.extend(self.poll(wait).await);
+            if seen
+                .iter()
+                .filter(|message| message["type"] == kind)
+                .count()
+                >= count
+            {
+                return seen;
+            }
+        }
+        panic!("{count} `{kind}` messages never arrived; saw {seen:?}");
+    }
+
+    /// Leaves with `DELETE`, asserting 204.
+    pub async fn leave(&self) {
+        let response = self
+            .http
+            .delete(format!(
+                "{}/v1/rooms/{}/peers/{}",
+                self.base, self.room, self.id
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("leave request");
+        assert_eq!(response.status(), 204);
+    }
+}
+
+/// Asserts that `response` is the contract's problem document for `status` and `code`, and
+/// returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "wrong status for {code}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "problem content type for {code}"
+    );
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    if status == 429 || status == 503 {
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "Retry-After on {status}"
+        );
+    }
+    let problem: Value = response.json().await.expect("problem body");
+    assert_eq!(
+        problem["type"],
+        format!("urn:signalpost:{code}"),
+        "{problem}"
+    );
+    assert_eq!(problem["status"], status);
+    assert!(
+        problem["title"].is_string() && problem["detail"].is_string(),
+        "{problem}"
+    );
+    problem
+}
+
+/// An SDP-shaped description.
+pub fn description(kind: &str) -> Value {
+    json!({ "type": kind, "sdp": format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns={kind}\r\n") })
+}
+
+/// An ICE candidate numbered `n`.
+pub fn candidate(n: usize) -> Value {
+    json!({
+        "candidate": format!("candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host", 50000 + n),
+        "sdpMid": "0",
+        "sdpMLineIndex": 0,
+        "usernameFragment": "abcd"
+    })
+}
