@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README promises: run it from a fresh clone and it installs what
+# it needs (Python tools into virtualenvs under target/), starts what the tests need, and
+# stops it again. Exits non-zero on the first failing part.
+#
+#   1. Rust: unit tests, the store conformance suite and the black-box API suite
+#      against the real signalpost binary;
+#   2. the OpenAPI document: valid OpenAPI 3.1, loadable by schemathesis;
+#   3. the SAM template: cfn-lint, checkov, and the route lists agreeing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+section() { printf '\n=== %s\n' "$*"; }
+
+section "Rust tests (SQLite store, standalone server)"
+cargo test --workspace --locked
+
+section "OpenAPI document"
+bash tests/openapi/validate.sh
+
+section "Infrastructure template"
+bash infra/lint.sh
+
+section "all tests passed"
