@@ -559,7 +559,8 @@ export class PeerMesh extends EventTarget {
     channel.addEventListener("message", (event) => this.#onMessage(event.data));
     channel.addEventListener("rejoin", () => this.#onRejoin());
     this.#rememberNames(channel.peers);
-    if (options.autoConnect !== false) for (const p of channel.peers) this.connect(p.peer);
+    // In a microtask, so `link` listeners attached right after construction see these links.
+    if (options.autoConnect !== false) queueMicrotask(() => this.#connectAll());
   }
 
   /** Start (or return) the link toward `remotePeer`; adding the tracks starts an offer. */
@@ -617,6 +618,10 @@ export class PeerMesh extends EventTarget {
     // A new peer id: every remote sees us as a newcomer, so start over as one.
     this.close();
     this.#rememberNames(this.#channel.peers);
-    if (this.#options.autoConnect !== false) for (const p of this.#channel.peers) this.connect(p.peer);
+    if (this.#options.autoConnect !== false) this.#connectAll();
+  }
+
+  #connectAll() {
+    for (const p of this.#channel.peers) if (!this.#channel.closed) this.connect(p.peer);
   }
 }
