@@ -53,9 +53,11 @@ export function startLibraryCall(page, base, room, { name = "e2e", autoConnect =
   return page.evaluate(async ({ base, room, name, autoConnect }) => {
     const { SignalingChannel, PeerMesh } = window.sp;
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+    const now = () => performance.timeOrigin + performance.now(); // comparable across pages
+    const joinStartedAt = now();
     const channel = await SignalingChannel.join(base, room, { name });
     const mesh = new PeerMesh(channel, { localStream: stream, autoConnect });
-    const e2e = { channel, mesh, states: {}, tracks: {}, received: [], errors: [] };
+    const e2e = { channel, mesh, states: {}, tracks: {}, received: [], errors: [], joinStartedAt, connectedAt: {} };
     window.e2e = e2e;
     mesh.addEventListener("link", ({ detail: link }) => {
       link.addEventListener("error", ({ detail }) => e2e.errors.push(String(detail)));
@@ -64,7 +66,10 @@ export function startLibraryCall(page, base, room, { name = "e2e", autoConnect =
         if (data.startsWith("ping:")) link.dataChannel.send(`pong:${data.slice(5)}`);
       });
     });
-    mesh.addEventListener("statechange", ({ detail: link }) => { e2e.states[link.peer] = link.state; });
+    mesh.addEventListener("statechange", ({ detail: link }) => {
+      e2e.states[link.peer] = link.state;
+      if (link.state === "connected") e2e.connectedAt[link.peer] ??= now();
+    });
     mesh.addEventListener("track", ({ detail }) => {
       (e2e.tracks[detail.link.peer] ??= []).push(detail.track.kind);
     });
