@@ -10,12 +10,16 @@ const CANDIDATE_BATCH_DELAY_MS = 15;
 const BACKOFF_BASE_MS = 250;
 const BACKOFF_MAX_MS = 10_000;
 const SEND_MAX_ATTEMPTS = 8;
+// How long past its `wait` a poll may take before we give up on it and poll again.
+const POLL_GRACE_S = 15;
 // Enough to recognise every replay the server can produce (it returns at most 100
 // messages per poll) without growing forever on a long call.
 const SEEN_IDS_KEPT = 4096;
 const EVENT_BUFFER_MAX = 1000;
 // Event types held back until their first listener is attached (see #emit).
 const BUFFERED_TYPES = ["message", "peer-joined", "peer-left"];
+
+let activePolls = 0;
 
 /** An HTTP failure the client gives up on, with the problem document's stable code. */
 export class SignalingError extends Error {
@@ -244,40 +248,62 @@ export class SignalingChannel extends EventTarget {
   }
 
   async #pollLoop() {
-    let attempt = 0;
-    while (!this.#closed && !this.#hidden) {
-      const wait = Math.min(this.#options.wait ?? this.maxWait, this.maxWait);
-      const after = this.#cursor ? `&after=${encodeURIComponent(this.#cursor)}` : "";
-      let response;
-      try {
-        response = await this.#fetch(this.#url(`/v1/rooms/${this.#room}/messages?wait=${wait}${after}`), {
-          headers: { Authorization: `Bearer ${this.#token}` },
-          cache: "no-store",
-          signal: this.#abort.signal,
-        });
-      } catch {
-        if (this.#closed || this.#hidden) return;
-        await sleep(retryDelay(attempt++), this.#abort.signal);
-        continue;
-      }
-      if (response.ok) {
-        let body;
-        try { body = await response.json(); } catch {
-          if (this.#closed) return;
+    if (++activePolls > 1) {
+      // Browsers allow six connections per origin; every held poll takes one for ~25 s.
+      console.warn("signalpost: more than one channel is polling in this page");
+    }
+    try {
+      let attempt = 0;
+      while (!this.#closed && !this.#hidden) {
+        let result;
+        try {
+          result = await this.#pollOnce();
+        } catch {
+          if (this.#closed || this.#hidden) return;
           await sleep(retryDelay(attempt++), this.#abort.signal);
           continue;
         }
-        attempt = 0;
-        for (const message of body.messages ?? []) this.#receive(message);
-        if (body.cursor) this.#cursor = body.cursor;
-      } else if (response.status === 410 || response.status === 401) {
-        if (!(await this.#rejoin())) return;
-      } else if (RETRYABLE.has(response.status)) {
-        await sleep(retryDelay(attempt++, response.headers.get("Retry-After")), this.#abort.signal);
-      } else {
-        this.#fail(await problemOf(response));
-        return;
+        const { status, body, retryAfter } = result;
+        if (status === 200) {
+          attempt = 0;
+          for (const message of body.messages ?? []) this.#receive(message);
+          if (body.cursor) this.#cursor = body.cursor;
+        } else if (status === 410 || status === 401) {
+          if (!(await this.#rejoin())) return;
+        } else if (RETRYABLE.has(status)) {
+          await sleep(retryDelay(attempt++, retryAfter), this.#abort.signal);
+        } else {
+          this.#fail(body);
+          return;
+        }
       }
+    } finally {
+      activePolls--;
+    }
+  }
+
+  /**
+   * One long poll. A deadline a little past `wait` guards against a proxy that holds the
+   * request forever: the loop must always come round again.
+   */
+  async #pollOnce() {
+    const wait = Math.min(this.#options.wait ?? this.maxWait, this.maxWait);
+    const after = this.#cursor ? `&after=${encodeURIComponent(this.#cursor)}` : "";
+    const controller = new AbortController();
+    const stop = () => controller.abort();
+    const outer = this.#abort.signal;
+    outer.addEventListener("abort", stop, { once: true });
+    const deadline = setTimeout(stop, (wait + POLL_GRACE_S) * 1000);
+    try {
+      const response = await this.#fetch(this.#url(`/v1/rooms/${this.#room}/messages?wait=${wait}${after}`), {
+        headers: { Authorization: `Bearer ${this.#token}` }, cache: "no-store", signal: controller.signal,
+      });
+      if (response.ok) return { status: 200, body: await response.json() };
+      const retryAfter = response.headers.get("Retry-After");
+      return { status: response.status, retryAfter, body: await problemOf(response) };
+    } finally {
+      clearTimeout(deadline);
+      outer.removeEventListener("abort", stop);
     }
   }
 

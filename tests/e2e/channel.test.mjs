@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { launchBrowser, libraryPage, freshRoom } from "./lib/browser.mjs";
+import { launchBrowser, libraryPage, freshRoom, closeContext } from "./lib/browser.mjs";
 
 let server, browser;
 before(async () => {
@@ -54,7 +54,7 @@ test("messages that arrive before the first listener are still delivered", async
     assert.deepEqual(delivered.message, ["peer-joined", "message"]);
     assert.deepEqual(delivered.joined, ["bob"]);
   } finally {
-    await context.close();
+    await closeContext(context);
   }
 });
 
@@ -79,7 +79,7 @@ test("candidates sent in quick succession share one batch request", async () => 
     assert.ok(posts.some((b) => b.messages?.length === 50));
     for (const body of posts) for (const m of body.messages ?? [body]) assert.match(m.id, /^[A-Za-z0-9_-]{1,64}$/);
   } finally {
-    await context.close();
+    await closeContext(context);
   }
 });
 
@@ -178,6 +178,6 @@ test("retries 429/503/network failures, honours Retry-After, delivers each messa
     assert.ok(replayed, "a replayed response was delivered");
     assert.ok(Date.now() - start < 60_000);
   } finally {
-    await context.close();
+    await closeContext(context);
   }
 });

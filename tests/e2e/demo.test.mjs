@@ -2,7 +2,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { launchBrowser, waitForDemoPeers, freshRoom } from "./lib/browser.mjs";
+import { launchBrowser, waitForDemoPeers, freshRoom, closeContext } from "./lib/browser.mjs";
 
 let server, browser;
 before(async () => {
@@ -40,7 +40,7 @@ test("three pages form a full mesh on the demo page", async () => {
       assert.deepEqual(await linkedPeers(page), ids.filter((_, j) => j !== i).sort());
     }
   } finally {
-    await context.close();
+    await closeContext(context);
   }
 });
 
@@ -65,6 +65,6 @@ test("a page reloaded mid-call rejoins and the call recovers", async () => {
     await waitForDemoPeers(ada, 1);
     assert.equal(await ada.locator(".tile.remote").count(), 1);
   } finally {
-    await context.close();
+    await closeContext(context);
   }
 });

@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { launchBrowser, libraryPage, startLibraryCall, waitForLink, freshRoom } from "./lib/browser.mjs";
+import { launchBrowser, libraryPage, startLibraryCall, waitForLink, freshRoom, closeContext } from "./lib/browser.mjs";
 
 let server, browser;
 before(async () => {
@@ -16,22 +16,23 @@ after(async () => {
   await server?.stop();
 });
 
-/** Holds each page's first POST that carries an offer until `count` of them are held. */
+/** Holds each page's first POST that carries an offer until `release()` is called. */
 function offerBarrier(count) {
-  const held = [];
-  let release;
-  const allHeld = new Promise((resolve) => { release = resolve; });
+  let held = 0;
+  let onAllHeld, release;
+  const allHeld = new Promise((resolve) => { onAllHeld = resolve; });
+  const released = new Promise((resolve) => { release = resolve; });
   return {
     allHeld,
+    release,
     async install(page) {
       let done = false;
       await page.route(`${server.url}/v1/rooms/*/messages`, async (route) => {
         const body = route.request().postData() ?? "";
         if (!done && route.request().method() === "POST" && body.includes('"type":"offer"')) {
           done = true;
-          held.push(route);
-          if (held.length === count) release();
-          await allHeld;
+          if (++held === count) onAllHeld();
+          await released;
         }
         await route.continue();
       });
@@ -61,6 +62,7 @@ test("both sides offer at once and still connect", async () => {
     // Both offers exist before either is delivered: a real collision.
     assert.equal(await signalingState(alice, bobPeer), "have-local-offer");
     assert.equal(await signalingState(bob, alicePeer), "have-local-offer");
+    barrier.release();
 
     await waitForLink(alice, bobPeer);
     await waitForLink(bob, alicePeer);
@@ -69,6 +71,6 @@ test("both sides offer at once and still connect", async () => {
     assert.equal(await bob.evaluate((p) => window.e2e.mesh.links.get(p).polite, alicePeer), true);
     assert.equal(await alice.evaluate((p) => window.e2e.mesh.links.get(p).polite, bobPeer), false);
   } finally {
-    await context.close();
+    await closeContext(context);
   }
 });

@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { launchBrowser, libraryPage, startLibraryCall, waitForLink, freshRoom } from "./lib/browser.mjs";
+import { launchBrowser, libraryPage, startLibraryCall, waitForLink, freshRoom, closeContext } from "./lib/browser.mjs";
 
 let server, browser;
 before(async () => {
@@ -54,6 +54,6 @@ test("two pages connect with audio, video and a data channel round trip", async 
     // Bob learns that alice left and drops the link.
     await bob.waitForFunction((p) => !window.e2e.mesh.links.has(p), alicePeer, { timeout: 10_000 });
   } finally {
-    await context.close();
+    await closeContext(context);
   }
 });

@@ -86,3 +86,13 @@ export function waitForLink(page, remotePeer, timeout = 30_000) {
 let roomCounter = 0;
 /** A fresh room name per test, so tests sharing a server never see each other. */
 export const freshRoom = (label) => `${label}-${process.pid}-${++roomCounter}`;
+
+/**
+ * Close a context whose pages may still have route handlers waiting on held long polls:
+ * without `ignoreErrors` those handlers fail after the close and the whole file is
+ * reported as failed by an unhandled rejection.
+ */
+export async function closeContext(context) {
+  for (const page of context.pages()) await page.unrouteAll({ behavior: "ignoreErrors" }).catch(() => {});
+  await context.close();
+}
