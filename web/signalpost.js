@@ -84,7 +84,7 @@ export class SignalingChannel extends EventTarget {
   #base; #room; #options; #fetch;
   #token = null; #cursor = null;
   #seen = new Set(); #seenOrder = [];
-  #initialPeers = new Set();
+  #initialPeers = new Set(); #formerSelves = new Set();
   #buffers = new Map(BUFFERED_TYPES.map((t) => [t, []]));
   #live = new Set(); #flushing = new Set();
   #onmessageFn = null;
@@ -207,7 +207,9 @@ export class SignalingChannel extends EventTarget {
     this.#token = joined.token;
     this.expiresAt = joined.expiresAt;
     this.polite = Boolean(joined.polite);
-    this.peers = joined.peers ?? [];
+    // After a rejoin our own former id can still be listed (the server has not timed it
+    // out yet): it is not someone to call.
+    this.peers = (joined.peers ?? []).filter((p) => !this.#formerSelves.has(p.peer));
     this.iceServers = joined.iceServers ?? [];
     this.maxWait = joined.maxWait ?? 20;
     this.#initialPeers = new Set(this.peers.map((p) => p.peer));
@@ -219,10 +221,17 @@ export class SignalingChannel extends EventTarget {
   #rejoin() {
     this.#rejoining ??= (async () => {
       const previousPeer = this.peer;
+      const previousToken = this.#token;
+      this.#formerSelves.add(previousPeer);
       let attempt = 0;
       while (!this.#closed) {
         try {
           await this.#join();
+          // If the old id is in fact still present (a 410 from a confused proxy, or a page
+          // back from the bfcache), leaving it now spares the others a ghost until timeout.
+          this.#fetch(this.#url(`/v1/rooms/${this.#room}/peers/${previousPeer}`), {
+            method: "DELETE", headers: { Authorization: `Bearer ${previousToken}` },
+          }).catch(() => {});
           this.dispatchEvent(new CustomEvent("rejoin", { detail: { previousPeer, peer: this.peer } }));
           return true;
         } catch (err) {

@@ -57,3 +57,44 @@ test("two pages connect with audio, video and a data channel round trip", async 
     await closeContext(context);
   }
 });
+
+test("a 410 on the poll makes the page join again and the call recovers", async () => {
+  const room = freshRoom("gone");
+  const context = await browser.newContext();
+  try {
+    const alice = await libraryPage(context, server.url);
+    const bob = await libraryPage(context, server.url);
+    let inject410 = false;
+    await alice.route(`${server.url}/v1/rooms/*/messages?*`, (route) => {
+      if (!inject410) return route.continue();
+      inject410 = false;
+      return route.fulfill({
+        status: 410, contentType: "application/problem+json",
+        body: JSON.stringify({ type: "urn:signalpost:peer-gone", title: "Gone", status: 410 }),
+      });
+    });
+    const alicePeer = await startLibraryCall(alice, server.url, room, { name: "alice" });
+    const bobPeer = await startLibraryCall(bob, server.url, room, { name: "bob" });
+    await waitForLink(alice, bobPeer);
+    await waitForLink(bob, alicePeer);
+    await alice.evaluate(() => {
+      window.rejoins = [];
+      window.e2e.channel.addEventListener("rejoin", (e) => window.rejoins.push(e.detail));
+    });
+
+    // The next poll of Alice's gets 410; a message from Bob ends her current held poll.
+    inject410 = true;
+    await bob.evaluate((to) => window.e2e.channel.send({ to, type: "message", data: "wake up" }), alicePeer);
+
+    const rejoin = await alice.waitForFunction(() => window.rejoins[0], null, { timeout: 15_000 }).then((h) => h.jsonValue());
+    assert.equal(rejoin.previousPeer, alicePeer);
+    assert.notEqual(rejoin.peer, alicePeer);
+    // As a newcomer she calls Bob again (and not her own former id); Bob drops the old link.
+    await waitForLink(alice, bobPeer);
+    await waitForLink(bob, rejoin.peer);
+    assert.deepEqual(await alice.evaluate(() => [...window.e2e.mesh.links.keys()]), [bobPeer]);
+    await bob.waitForFunction((old) => !window.e2e.mesh.links.has(old), alicePeer, { timeout: 10_000 });
+  } finally {
+    await closeContext(context);
+  }
+});

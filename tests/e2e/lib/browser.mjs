@@ -70,6 +70,10 @@ export function startLibraryCall(page, base, room, { name = "e2e", autoConnect =
       e2e.states[link.peer] = link.state;
       if (link.state === "connected") e2e.connectedAt[link.peer] ??= now();
     });
+    // pc.close() fires no state event: forget a closed link's state so waits see the new one.
+    mesh.addEventListener("linkclosed", ({ detail: link }) => {
+      if (!mesh.links.has(link.peer)) delete e2e.states[link.peer];
+    });
     mesh.addEventListener("track", ({ detail }) => {
       (e2e.tracks[detail.link.peer] ??= []).push(detail.track.kind);
     });
