@@ -44,8 +44,9 @@ function retryDelay(attempt, retryAfterHeader) {
   const jittered = exp / 2 + Math.random() * (exp / 2);
   const retryAfter = parseRetryAfter(retryAfterHeader);
   if (retryAfter === null) return jittered;
-  // A little jitter on top so a crowd told "1 s" does not return in the same millisecond.
-  return retryAfter + Math.random() * Math.min(250, retryAfter / 4 + 50);
+  // A little jitter on top so a crowd told "1 s" does not return in the same millisecond,
+  // and still the growing step if that is longer (a server repeating "1 s" under load).
+  return Math.max(retryAfter + Math.random() * Math.min(250, retryAfter / 4 + 50), jittered);
 }
 
 function parseRetryAfter(value) {
@@ -593,6 +594,7 @@ export class PeerMesh extends EventTarget {
     this.#options = options;
     channel.addEventListener("message", (event) => this.#onMessage(event.data));
     channel.addEventListener("rejoin", () => this.#onRejoin());
+    channel.addEventListener("close", () => this.close());
     this.#rememberNames(channel.peers);
     // In a microtask, so `link` listeners attached right after construction see these links.
     if (options.autoConnect !== false) queueMicrotask(() => this.#connectAll());

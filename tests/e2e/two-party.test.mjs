@@ -15,7 +15,7 @@ after(async () => {
   await server?.stop();
 });
 
-test("two pages connect with audio, video and a data channel round trip", async () => {
+test("two pages connect with audio, video, a data channel round trip and an ICE restart", async () => {
   const room = freshRoom("two");
   const context = await browser.newContext();
   try {
@@ -49,6 +49,17 @@ test("two pages connect with audio, video and a data channel round trip", async 
       const stats = await window.e2e.mesh.links.get(p).pc.getStats();
       return [...stats.values()].some((s) => s.type === "inbound-rtp" && s.kind === "video" && s.framesDecoded > 0);
     }, alicePeer, { timeout: 15_000, polling: 250 });
+
+    // An ICE restart (what PeerLink does when a connection fails) renegotiates new ICE
+    // credentials over the channel, and the call stays up.
+    const ufrag = (page, peer) => page.evaluate((p) =>
+      /a=ice-ufrag:(\S+)/.exec(window.e2e.mesh.links.get(p).pc.remoteDescription.sdp)[1], peer);
+    const before = await ufrag(bob, alicePeer);
+    await alice.evaluate((p) => window.e2e.mesh.links.get(p).restartIce(), bobPeer);
+    await bob.waitForFunction(({ p, old }) => !window.e2e.mesh.links.get(p).pc.remoteDescription.sdp.includes(`a=ice-ufrag:${old}`),
+      { p: alicePeer, old: before }, { timeout: 10_000 });
+    await waitForLink(alice, bobPeer);
+    await waitForLink(bob, alicePeer);
 
     await alice.evaluate(() => window.e2e.channel.close());
     // Bob learns that alice left and drops the link.
