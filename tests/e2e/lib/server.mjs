@@ -29,7 +29,7 @@ export async function startServer(env = {}) {
   const bin = process.env.SIGNALPOST_BIN;
   if (!bin) {
     throw new Error("SIGNALPOST_BIN is not set: point it at the signalpost binary, "
-      + "e.g. SIGNALPOST_BIN=$PWD/target/debug/signalpost npm test");
+      + "e.g. SIGNALPOST_BIN=$(realpath ../../target/debug/signalpost) npm test (from tests/e2e)");
   }
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), "signalpost-e2e-"));
