@@ -645,9 +645,10 @@ export class PeerMesh extends EventTarget {
     }
     if (!["offer", "answer", "candidate", "bye"].includes(type)) return;
     let link = this.links.get(from);
-    // Only an offer (or the candidates that follow it) may open a link; a stray answer
-    // or bye for a link we already closed must not resurrect it.
-    if (!link && (type === "offer" || type === "candidate")) link = this.#createLink(from);
+    // Only an offer may open a link (delivery is in sender order, so a call's candidates
+    // come after its offer); a stray candidate, answer or bye for a link we already closed
+    // must not resurrect it, or it would start calling a peer that hung up.
+    if (!link && type === "offer") link = this.#createLink(from);
     link?.handle(message);
   }
 
