@@ -1,0 +1,102 @@
+// Launches Debian's Chromium through playwright-core (never a downloaded browser) and
+// gives tests small helpers: a blank same-origin page that can import /signalpost.js,
+// and bounded waits.
+import { chromium } from "playwright-core";
+
+export const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox",
+  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+  // Without this Chromium hides host candidates behind mDNS names that loopback cannot resolve.
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-gpu",
+];
+
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: CHROMIUM_ARGS,
+    timeout: 30_000,
+  });
+}
+
+/**
+ * A page at `${base}/__e2e__.html` (served by page.route, so it shares the server's origin
+ * without the server knowing about it) with the client library loaded as `window.sp`.
+ */
+export async function libraryPage(context, base) {
+  const page = await context.newPage();
+  page.on("pageerror", (err) => console.error(`[page error] ${err.message}`));
+  await page.route(`${base}/__e2e__.html`, (route) => route.fulfill({
+    contentType: "text/html",
+    body: `<!doctype html><meta charset="utf-8"><title>e2e</title>
+<script type="module">import * as sp from "/signalpost.js"; window.sp = sp;</script>`,
+  }));
+  await page.goto(`${base}/__e2e__.html`);
+  await page.waitForFunction(() => window.sp !== undefined, null, { timeout: 10_000 });
+  return page;
+}
+
+/** Wait until `html[data-state=connected]` and `data-peers >= n` on a demo page. */
+export async function waitForDemoPeers(page, n, timeout = 30_000) {
+  await page.waitForFunction(
+    (want) => document.documentElement.dataset.state === "connected"
+      && Number(document.documentElement.dataset.peers) >= want,
+    n, { timeout, polling: 100 });
+}
+
+/**
+ * On a libraryPage: camera + microphone (fake devices), join `room`, start a PeerMesh and
+ * record what happens in `window.e2e` (link states, remote track kinds, data channel
+ * messages; "ping:x" is answered with "pong:x"). Resolves with this page's peer id.
+ */
+export function startLibraryCall(page, base, room, { name = "e2e", autoConnect = true } = {}) {
+  return page.evaluate(async ({ base, room, name, autoConnect }) => {
+    const { SignalingChannel, PeerMesh } = window.sp;
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+    const now = () => performance.timeOrigin + performance.now(); // comparable across pages
+    const joinStartedAt = now();
+    const channel = await SignalingChannel.join(base, room, { name });
+    const mesh = new PeerMesh(channel, { localStream: stream, autoConnect });
+    const e2e = { channel, mesh, states: {}, tracks: {}, received: [], errors: [], joinStartedAt, connectedAt: {} };
+    window.e2e = e2e;
+    mesh.addEventListener("link", ({ detail: link }) => {
+      link.addEventListener("error", ({ detail }) => e2e.errors.push(String(detail)));
+      link.dataChannel.addEventListener("message", ({ data }) => {
+        e2e.received.push(data);
+        if (data.startsWith("ping:")) link.dataChannel.send(`pong:${data.slice(5)}`);
+      });
+    });
+    mesh.addEventListener("statechange", ({ detail: link }) => {
+      e2e.states[link.peer] = link.state;
+      if (link.state === "connected") e2e.connectedAt[link.peer] ??= now();
+    });
+    // pc.close() fires no state event: forget a closed link's state so waits see the new one.
+    mesh.addEventListener("linkclosed", ({ detail: link }) => {
+      if (!mesh.links.has(link.peer)) delete e2e.states[link.peer];
+    });
+    mesh.addEventListener("track", ({ detail }) => {
+      (e2e.tracks[detail.link.peer] ??= []).push(detail.track.kind);
+    });
+    return channel.peer;
+  }, { base, room, name, autoConnect });
+}
+
+/** Wait until this library page's link toward `remotePeer` is `connected`. */
+export function waitForLink(page, remotePeer, timeout = 30_000) {
+  return page.waitForFunction((peer) => window.e2e?.states[peer] === "connected",
+    remotePeer, { timeout, polling: 100 });
+}
+
+let roomCounter = 0;
+/** A fresh room name per test, so tests sharing a server never see each other. */
+export const freshRoom = (label) => `${label}-${process.pid}-${++roomCounter}`;
+
+/**
+ * Close a context whose pages may still have route handlers waiting on held long polls:
+ * without `ignoreErrors` those handlers fail after the close and the whole file is
+ * reported as failed by an unhandled rejection.
+ */
+export async function closeContext(context) {
+  for (const page of context.pages()) await page.unrouteAll({ behavior: "ignoreErrors" }).catch(() => {});
+  await context.close();
+}
