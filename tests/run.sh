@@ -6,7 +6,9 @@
 #   1. Rust: unit tests, the store conformance suite and the black-box API suite
 #      against the real signalpost binary;
 #   2. the OpenAPI document: valid OpenAPI 3.1, loadable by schemathesis;
-#   3. the SAM template: cfn-lint, checkov, and the route lists agreeing.
+#   3. the SAM template: cfn-lint, checkov, and the route lists agreeing;
+#   4. real-browser end-to-end calls: headless Chromium (Debian's package: `apt-get install
+#      chromium`; .ci/run installs it) through web/signalpost.js and the demo page.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,5 +22,14 @@ bash tests/openapi/validate.sh
 
 section "Infrastructure template"
 bash infra/lint.sh
+
+section "Browser end-to-end tests (headless Chromium)"
+chromium="${CHROMIUM:-/usr/bin/chromium}"
+if [[ ! -x "$chromium" ]]; then
+    echo "Chromium is missing at $chromium: install it with 'apt-get install chromium' (or set CHROMIUM)" >&2
+    exit 1
+fi
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+SIGNALPOST_BIN="$PWD/target/debug/signalpost" CHROMIUM="$chromium" npm --prefix tests/e2e test
 
 section "all tests passed"
