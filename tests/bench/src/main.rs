@@ -6,6 +6,7 @@
 
 mod latency;
 mod server;
+mod throughput;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,15 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         messages: usize,
     },
+    /// Delivered messages per second with many rooms sending flat out.
+    Throughput {
+        /// Sender/receiver pairs.
+        #[arg(long, default_value_t = 50)]
+        rooms: usize,
+        /// Seconds measured (after one second of warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -47,5 +57,12 @@ async fn main() {
             let figures = latency::run(&server, waiting, messages).await;
             println!("{figures}");
         }
+        Command::Throughput { rooms, seconds } => {
+            let rate = throughput::run(&server, rooms, seconds).await;
+            println!("| rooms | delivered messages/s |\n|---:|---:|\n| {rooms} | {rate:.0} |");
+        }
+    }
+    if let Some(memory) = server.memory() {
+        println!("\nserver memory: {memory}");
     }
 }

@@ -38,11 +38,18 @@ impl Target {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = found.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                    let _ = found.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 }
             }
         });
-        let base = address.recv_timeout(Duration::from_secs(20)).expect("the server printed its address");
+        let base = address
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server printed its address");
         Self {
             base,
             child: Some(child),
@@ -50,9 +57,22 @@ impl Target {
         }
     }
 
-    /// The server's process id, when this benchmark started it.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    /// The server's resident memory now and at its peak, from /proc (Linux), when this
+    /// benchmark started it.
+    pub fn memory(&self) -> Option<String> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .map(|line| line[name.len()..].trim().to_owned())
+        };
+        Some(format!(
+            "RSS {}, peak RSS {}",
+            field("VmRSS:")?,
+            field("VmHWM:")?
+        ))
     }
 }
 
