@@ -599,10 +599,13 @@ impl DynamoStore {
                 .condition_expression("attribute_not_exists(pk)")
                 .send()
                 .await;
-            if let Err(error) = result {
-                if !condition_failed(&error) {
-                    tracing::debug!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&error), "could not tombstone an abandoned allocation");
-                }
+            if let Err(error) = result
+                && !condition_failed(&error)
+            {
+                tracing::debug!(
+                    error = %aws_sdk_dynamodb::error::DisplayErrorContext(&error),
+                    "could not tombstone an abandoned allocation"
+                );
             }
         }
     }
@@ -1064,7 +1067,8 @@ impl DynamoStore {
             let Some(blocked) = blocked else {
                 return Ok(messages);
             };
-            if messages.len() >= limit || !messages.is_empty() {
+            if !messages.is_empty() {
+                // Deliver what is ready; the gap is dealt with by the next read.
                 return Ok(messages);
             }
             if !self
@@ -1240,10 +1244,10 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":acked", n(target))
                 .send()
                 .await;
-            if let Err(error) = result {
-                if !condition_failed(&error) {
-                    return Err(unavailable(error));
-                }
+            if let Err(error) = result
+                && !condition_failed(&error)
+            {
+                return Err(unavailable(error));
             }
         }
         Ok(head)

@@ -218,7 +218,7 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     // The writer wakes: its commit hits the tombstones, so it allocates again and succeeds.
     go.send(()).expect("the writer waits");
     let posted = writer.await.expect("writer ran").expect("post succeeds");
-    assert_eq!(posted.recipients, [bob.clone()]);
+    assert_eq!(posted.recipients, std::slice::from_ref(&bob));
     let inbox = store
         .read(&room, &bob, 0, 100, now_millis())
         .await
