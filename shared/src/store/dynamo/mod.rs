@@ -47,6 +47,9 @@
 //! after the last poll, and an expired member counts as gone everywhere. `housekeeping` has
 //! nothing to do: TTL removes what is left.
 //!
+//! One transaction holds at most 100 items: a post needs one per recipient (two for a batch)
+//! plus one per client id (at most 50), so rooms of up to 25 peers fit.
+//!
 //! Throttling, timeouts and server errors are [`StoreError::Unavailable`]; items that do not
 //! decode are [`StoreError::Corrupt`]. Errors name attributes, never item contents.
 
@@ -1102,10 +1105,16 @@ impl Store for DynamoStore {
         let mut departures = Departures::default();
         for _ in 0..MAX_JOIN_ATTEMPTS {
             let (version, members) = self.room_view(&room).await?;
-            let swept = self.sweep_members(&room, &members, timing).await?;
-            if !swept.gone.is_empty() {
-                departures.gone.extend(swept.gone);
-                departures.notified = swept.notified;
+            if members
+                .iter()
+                .any(|member| member.last_seen < timing.stale_before)
+            {
+                // Whoever removed them (this join or another caller), count the room again.
+                let swept = self.sweep_members(&room, &members, timing).await?;
+                if !swept.gone.is_empty() {
+                    departures.gone.extend(swept.gone);
+                    departures.notified = swept.notified;
+                }
                 continue;
             }
             let present: Vec<&MemberItem> = members

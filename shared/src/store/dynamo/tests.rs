@@ -265,6 +265,42 @@ async fn a_cursor_inside_a_batch_reads_the_rest_of_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_joins_never_exceed_capacity() {
+    let store = test_store().await;
+    let room = unique_room("crowd");
+    let joins: Vec<_> = (0..6)
+        .map(|_| {
+            let (store, room) = (store.clone(), room.clone());
+            tokio::spawn(async move {
+                store
+                    .join(JoinRequest {
+                        room,
+                        peer: PeerId::mint(),
+                        name: None,
+                        capacity: 4,
+                        timing: timing(0),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for join in joins {
+        match join.await.expect("join ran") {
+            Ok(_) => admitted += 1,
+            Err(StoreError::RoomFull) => {}
+            Err(error) => panic!("unexpected join failure: {error}"),
+        }
+    }
+    assert_eq!(admitted, 4);
+    let members = store
+        .live_members(&room, now_millis())
+        .await
+        .expect("reads");
+    assert_eq!(members.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_member_is_gone_even_before_ttl_deletes_it() {
     let store = test_store().await;
     let room = unique_room("expired-member");
