@@ -27,7 +27,32 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])
 s.close()')"
 log="$(mktemp -t moto-server.XXXXXX.log)"
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+# moto_server itself serves requests on many threads without a lock around DynamoDB's
+# conditional writes and transactions, so concurrent requests can interleave a condition
+# check with another request's write: concurrent joins then overfill rooms, and reads see
+# half-applied transactions. Real DynamoDB applies each request atomically; serving one
+# request at a time gives moto the same guarantee.
+"$venv/bin/python" - 127.0.0.1 "$port" >"$log" 2>&1 <<'PY' &
+import os
+import sys
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import run_simple
+
+host, port = sys.argv[1], int(sys.argv[2])
+os.environ.setdefault("MOTO_PORT", str(port))
+run_simple(
+    host,
+    port,
+    DomainDispatcherApplication(create_backend_app),
+    threaded=False,
+    request_handler=MotoRequestHandler,
+)
+PY
 moto_pid=$!
 
 stop_moto() {

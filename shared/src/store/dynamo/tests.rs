@@ -4,6 +4,7 @@
 //! `SIGNALPOST_TEST_DYNAMODB_ENDPOINT`; without it these tests fail on purpose.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use tokio::sync::{OnceCell, oneshot};
@@ -34,7 +35,14 @@ async fn client() -> Client {
             None,
             "signalpost-tests",
         ))
-        .timeout_config(DynamoStore::timeouts())
+        // moto serves one request at a time and copies the table for each transaction item, so
+        // a request can queue for longer than production's timeout allows.
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(60))
+                .build(),
+        )
         .load()
         .await;
     Client::new(&config)
@@ -160,19 +168,27 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     for peer in [&alice, &bob, &carol] {
         join(&store, &room, peer).await;
     }
-    // Bob's inbox: 1 is carol's peer-joined; alice's writer takes 2 and stalls.
+    // Bob's inbox: 1 is carol's peer-joined; alice's writer takes 2 and stalls. Reads are
+    // dated before the allocation, so however slow the server, the gap is never given up on.
+    let before = now_millis();
     let (stall, allocated, go) = Stall::new();
     let writer = stalled_post(&store, text_post(&room, &alice, &bob, &["first"]), stall);
     allocated.await.expect("the writer allocated");
     post_one(&store, &room, &carol, Some(&bob), "second").await;
 
-    let now = now_millis();
-    let early = store.read(&room, &bob, 0, 100, now).await.expect("reads");
-    assert_eq!(seqs(&early), [1], "nothing after the unwritten position");
+    let early = store
+        .read(&room, &bob, 0, 100, before)
+        .await
+        .expect("reads");
+    assert_eq!(
+        seqs(&early),
+        [1],
+        "nothing after the unwritten position: {early:?}"
+    );
     assert!(texts(&early).is_empty());
     assert!(
         store
-            .read(&room, &bob, 1, 100, now)
+            .read(&room, &bob, 1, 100, before)
             .await
             .expect("reads")
             .is_empty()
@@ -197,20 +213,23 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
         join(&store, &room, peer).await;
     }
     // Alice's writer takes 2..=4 for a batch of three and "dies"; carol's message is 5.
+    let before = now_millis();
     let (stall, allocated, go) = Stall::new();
     let batch = text_post(&room, &alice, &bob, &["a1", "a2", "a3"]);
     let writer = stalled_post(&store, batch, stall);
     allocated.await.expect("the writer allocated");
     post_one(&store, &room, &carol, Some(&bob), "c1").await;
 
-    let now = now_millis();
-    let waiting = store.read(&room, &bob, 1, 100, now).await.expect("reads");
+    let waiting = store
+        .read(&room, &bob, 1, 100, before)
+        .await
+        .expect("reads");
     assert!(
         waiting.is_empty(),
         "within the gap timeout the reader waits"
     );
 
-    let later = now + GAP_TIMEOUT_MS + 500;
+    let later = now_millis() + GAP_TIMEOUT_MS + 500;
     let delivered = store.read(&room, &bob, 1, 100, later).await.expect("reads");
     assert_eq!(texts(&delivered), ["c1"], "the gap was given up on");
     assert_eq!(seqs(&delivered), [5]);
@@ -289,10 +308,10 @@ async fn concurrent_joins_never_exceed_capacity() {
         match join.await.expect("join ran") {
             Ok(_) => admitted += 1,
             Err(StoreError::RoomFull) => {}
-            Err(error) => panic!("unexpected join failure: {error}"),
+            Err(error) => panic!("unexpected join failure: {error:?}"),
         }
     }
-    assert_eq!(admitted, 4);
+    assert_eq!(admitted, 4, "admitted");
     let members = store
         .live_members(&room, now_millis())
         .await
