@@ -22,6 +22,7 @@ use crate::message::{Outgoing, StoredMessage};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod dynamo;
 pub mod sqlite;
 
 /// Opens the store the configuration names: SQLite at `SIGNALPOST_DB` by default.
