@@ -3,8 +3,8 @@
 # it needs (Python tools into virtualenvs under target/), starts what the tests need, and
 # stops it again. Exits non-zero on the first failing part.
 #
-#   1. Rust: unit tests, the store conformance suite and the black-box API suite
-#      against the real signalpost binary;
+#   1. Rust: unit tests, the store conformance suite (SQLite, and DynamoDB on a local moto
+#      server) and the black-box API suite against the real signalpost binary, on both stores;
 #   2. the OpenAPI document: valid OpenAPI 3.1, loadable by schemathesis;
 #   3. the SAM template: cfn-lint, checkov, and the route lists agreeing;
 #   4. real-browser end-to-end calls: headless Chromium (Debian's package: `apt-get install
@@ -14,8 +14,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 section() { printf '\n=== %s\n' "$*"; }
 
-section "Rust tests (SQLite store, standalone server)"
-cargo test --workspace --locked
+# One DynamoDB-compatible server (moto, installed into target/venv-moto) for the Rust tests:
+# the store conformance suite runs on SQLite and on DynamoDB, and so does the black-box suite.
+section "Rust tests: SQLite and DynamoDB stores, standalone server"
+tests/with-moto.sh bash -c '
+    set -e
+    cargo test --workspace --locked
+    echo "--- the black-box API suite again, on DynamoDB"
+    SIGNALPOST_TEST_STORE=dynamodb cargo test --locked -p signalpost-server --test api
+'
 
 section "OpenAPI document"
 bash tests/openapi/validate.sh

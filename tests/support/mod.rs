@@ -24,6 +24,30 @@ pub struct Server {
     directory: tempfile::TempDir,
 }
 
+/// The store the suite runs on: SQLite unless `SIGNALPOST_TEST_STORE=dynamodb`, when every
+/// server gets a fresh table on the DynamoDB-compatible endpoint of the AWS variables (see
+/// `tests/with-moto.sh`).
+fn dynamodb_table() -> Option<String> {
+    match std::env::var("SIGNALPOST_TEST_STORE").as_deref() {
+        Ok("dynamodb") => {
+            let table = format!("blackbox-{}", ulid::Ulid::new().to_string().to_lowercase());
+            let output = Command::new(env!("CARGO_BIN_EXE_signalpost"))
+                .arg("create-table")
+                .env("SIGNALPOST_TABLE", &table)
+                .output()
+                .expect("signalpost create-table runs");
+            assert!(
+                output.status.success(),
+                "create-table failed (run the suite through tests/with-moto.sh): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Some(table)
+        }
+        Ok("sqlite") | Err(_) => None,
+        Ok(other) => panic!("SIGNALPOST_TEST_STORE={other}: expected sqlite or dynamodb"),
+    }
+}
+
 /// How to stop a server.
 #[derive(Clone, Copy)]
 pub enum Stop {

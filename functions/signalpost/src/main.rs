@@ -8,10 +8,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use signalpost_shared::clock::now_millis;
 use signalpost_shared::config::{Config, Deployment};
+use signalpost_shared::error::error_chain;
 use signalpost_shared::http::standalone_router;
 use signalpost_shared::ids::RoomId;
 use signalpost_shared::signalling::Signalling;
 use signalpost_shared::store;
+use signalpost_shared::store::dynamo::DynamoStore;
 
 /// How often the embedded store drops expired messages and silent peers.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
@@ -35,6 +37,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create the DynamoDB table SIGNALPOST_TABLE (keys and TTL as in infra/template.yaml), for
+    /// local DynamoDB-compatible servers; endpoint and credentials from the AWS variables.
+    CreateTable,
     /// Print a join token for a gated room (SIGNALPOST_GATED=true), signed with SIGNALPOST_SECRET.
     Token {
         /// The room the token opens.
@@ -79,6 +84,7 @@ async fn run() -> ExitCode {
     let result = match cli.command {
         None => serve(config).await,
         Some(Command::Token { room, ttl }) => print_join_token(&config, &room, ttl),
+        Some(Command::CreateTable) => create_table(&config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +106,22 @@ fn print_join_token(config: &Config, room: &str, ttl: u64) -> Result<(), String>
     Ok(())
 }
 
+async fn create_table(config: &Config) -> Result<(), String> {
+    let table = config
+        .table
+        .clone()
+        .ok_or("set SIGNALPOST_TABLE to the table to create")?;
+    let store = DynamoStore::connect(table.clone())
+        .await
+        .map_err(|error| error.to_string())?;
+    store
+        .create_table()
+        .await
+        .map_err(|error| format!("cannot create {table}: {}", error_chain(&error)))?;
+    println!("table {table} is ready");
+    Ok(())
+}
+
 async fn serve(config: Config) -> Result<(), String> {
     if config.secret_generated {
         tracing::warn!(
@@ -108,7 +130,7 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let store = store::open(&config)
         .await
-        .map_err(|error| format!("cannot open the store: {error}"))?;
+        .map_err(|error| format!("cannot open the store: {}", error_chain(&error)))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;

@@ -25,11 +25,13 @@ pub mod conformance;
 pub mod dynamo;
 pub mod sqlite;
 
-/// Opens the store the configuration names: SQLite at `SIGNALPOST_DB` by default.
+/// Opens the store the configuration names: DynamoDB when `SIGNALPOST_TABLE` is set (endpoint,
+/// region and credentials from the standard AWS variables), otherwise SQLite at `SIGNALPOST_DB`.
 pub async fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(
-        &config.db_path,
-    )?))
+    Ok(match &config.table {
+        Some(table) => std::sync::Arc::new(dynamo::DynamoStore::connect(table.clone()).await?),
+        None => std::sync::Arc::new(sqlite::SqliteStore::open(&config.db_path)?),
+    })
 }
 
 /// A position in one inbox: the sequence number of the last message read.
