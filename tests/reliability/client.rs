@@ -157,7 +157,7 @@ impl Client {
                 continue;
             };
             self.polls += 1;
-            if self.lose_every > 0 && self.polls % self.lose_every == 0 {
+            if self.lose_every > 0 && self.polls.is_multiple_of(self.lose_every) {
                 // Lost in transit: the client never saw it, so its cursor stays put.
                 continue;
             }

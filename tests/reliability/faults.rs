@@ -48,7 +48,7 @@ impl FaultyStore {
     /// Decides the fate of the next call: `Err` to fail it now, `Ok(fail_after)` otherwise.
     async fn before(&self) -> Result<bool, StoreError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        let every = |n: u64| n > 0 && call % n == 0;
+        let every = |n: u64| n > 0 && call.is_multiple_of(n);
         if every(self.plan.stall_every) {
             self.injected.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(300)).await;
