@@ -86,17 +86,32 @@ identifier!(
     "a message id"
 );
 
+/// A ULID greater than every one minted before by this process, even within one millisecond
+/// (plain ULIDs are random within a millisecond), so ids sort in the order they were minted.
+fn monotonic_ulid() -> String {
+    static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut generator = GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    generator
+        .get_or_insert_with(ulid::Generator::new)
+        .generate()
+        // Only 2^80 ids in one millisecond overflow; fall back to a plain ULID.
+        .unwrap_or_else(|_| ulid::Ulid::new())
+        .to_string()
+}
+
 impl PeerId {
     /// A fresh, time-ordered peer id.
     pub fn mint() -> Self {
-        Self(ulid::Ulid::new().to_string())
+        Self(monotonic_ulid())
     }
 }
 
 impl MessageId {
     /// A fresh, time-ordered message id.
     pub fn mint() -> Self {
-        Self(ulid::Ulid::new().to_string())
+        Self(monotonic_ulid())
     }
 }
 
@@ -114,11 +129,12 @@ mod tests {
     }
 
     #[test]
-    fn minted_ids_parse_and_sort_by_time() {
-        let first = PeerId::mint();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let second = PeerId::mint();
-        assert!(PeerId::parse(first.as_str()).is_ok());
-        assert!(first < second);
+    fn minted_ids_parse_and_sort_in_minting_order() {
+        let minted: Vec<PeerId> = (0..1000).map(|_| PeerId::mint()).collect();
+        assert!(PeerId::parse(minted[0].as_str()).is_ok());
+        assert!(
+            minted.windows(2).all(|pair| pair[0] < pair[1]),
+            "same-millisecond ids keep their order"
+        );
     }
 }

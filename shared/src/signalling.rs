@@ -19,11 +19,11 @@ use crate::ids::{MessageId, PeerId, RoomId};
 use crate::message::{Outgoing, StoredMessage};
 use crate::store::{Departures, JoinRequest, PostRequest, Store, Timing};
 use crate::token::{PeerGrant, TokenError, TokenKeys};
-use crate::wakeup::{PollSchedule, Wakeups};
+use crate::wakeup::{PollSchedule, SweepSchedule, Wakeups};
 
 /// Most messages one poll returns.
 pub const MAX_MESSAGES_PER_POLL: usize = 100;
-/// How often a waiting poll checks its room for peers that stopped polling.
+/// How often the polls of one room (in one process) check it for peers that stopped polling.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The default long-poll wait when the client names none.
 const DEFAULT_WAIT: u64 = 20;
@@ -35,6 +35,7 @@ pub struct Signalling {
     keys: TokenKeys,
     wakeups: Wakeups,
     schedule: PollSchedule,
+    sweeps: SweepSchedule,
     shutdown: watch::Sender<bool>,
 }
 
@@ -81,6 +82,7 @@ impl Signalling {
             store,
             wakeups: Wakeups::default(),
             schedule: PollSchedule::default(),
+            sweeps: SweepSchedule::new(SWEEP_INTERVAL),
             shutdown: watch::Sender::new(false),
         }
     }
@@ -245,14 +247,12 @@ impl Signalling {
         }
         // A first poll counts as activity: a negotiation usually follows a join.
         let activity = after.map_or_else(now_millis, |cursor| cursor.activity);
-        let mut next_sweep = started;
         loop {
             let woken = subscription.notify().notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if Instant::now() >= next_sweep {
+            if self.sweeps.due(room) {
                 self.sweep(room).await?;
-                next_sweep = Instant::now() + SWEEP_INTERVAL;
             }
             let messages = self
                 .store
@@ -274,11 +274,10 @@ impl Signalling {
                 return Ok(Polled { messages, cursor });
             }
             let quiet = Duration::from_millis(u64::try_from(now_millis() - activity).unwrap_or(0));
-            let pause = self
-                .schedule
-                .interval(quiet)
-                .min(deadline - now)
-                .min(next_sweep.saturating_duration_since(now));
+            // Sweeps ride on the next scheduled read rather than waking the poll themselves:
+            // an idle poll then costs one store read per interval plus one sweep per
+            // SWEEP_INTERVAL, not an extra read after every sweep.
+            let pause = self.schedule.interval(quiet).min(deadline - now);
             tokio::select! {
                 () = &mut woken => {}
                 () = tokio::time::sleep(pause) => {}

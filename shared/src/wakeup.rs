@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -91,6 +91,45 @@ impl Wakeups {
     }
 }
 
+/// When each room was last swept for silent peers by this process, so that its polls together
+/// sweep it once per interval instead of each poll on its own (every poll of a busy room
+/// would otherwise add a store call).
+pub struct SweepSchedule {
+    interval: Duration,
+    last: Mutex<HashMap<RoomId, Instant>>,
+}
+
+impl SweepSchedule {
+    /// Rooms are swept at most once per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: Mutex::default(),
+        }
+    }
+
+    /// Whether `room` is due a sweep now; if so, the sweep is taken as done.
+    pub fn due(&self, room: &RoomId) -> bool {
+        let now = Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last
+            .get(room)
+            .is_some_and(|swept| now.duration_since(*swept) < self.interval)
+        {
+            return false;
+        }
+        // Forget rooms not swept lately, so the map holds only rooms being polled.
+        if last.len() >= 4096 {
+            last.retain(|_, swept| now.duration_since(*swept) < self.interval);
+        }
+        last.insert(room.clone(), now);
+        true
+    }
+}
+
 /// How often a waiting poll reads its inbox from the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PollSchedule {
@@ -104,12 +143,12 @@ pub struct PollSchedule {
 
 impl Default for PollSchedule {
     /// 50 ms while a negotiation is in flight (median delivery well under 100 ms), easing
-    /// to one read every 1.5 s after 10 quiet seconds: with the presence sweep every 5 s,
+    /// to one read every 2 s after 10 quiet seconds: with the presence sweep every 5 s,
     /// an idle waiting peer costs under one read per second.
     fn default() -> Self {
         Self {
             active: Duration::from_millis(50),
-            idle: Duration::from_millis(1500),
+            idle: Duration::from_secs(2),
             idle_after: Duration::from_secs(10),
         }
     }
@@ -167,6 +206,20 @@ mod tests {
     }
 
     #[test]
+    fn each_room_is_swept_once_per_interval() {
+        let sweeps = SweepSchedule::new(Duration::from_millis(50));
+        let (a, b) = (
+            RoomId::parse("a").expect("valid"),
+            RoomId::parse("b").expect("valid"),
+        );
+        assert!(sweeps.due(&a));
+        assert!(!sweeps.due(&a), "the next poll of the same room skips it");
+        assert!(sweeps.due(&b), "rooms are independent");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(sweeps.due(&a));
+    }
+
+    #[test]
     fn schedule_eases_from_active_to_idle() {
         let schedule = PollSchedule::default();
         assert_eq!(schedule.interval(Duration::ZERO), Duration::from_millis(50));
@@ -175,10 +228,10 @@ mod tests {
             Duration::from_millis(50)
         );
         let middle = schedule.interval(Duration::from_millis(7500));
-        assert!(middle > Duration::from_millis(50) && middle < Duration::from_millis(1500));
+        assert!(middle > Duration::from_millis(50) && middle < Duration::from_secs(2));
         assert_eq!(
             schedule.interval(Duration::from_secs(60)),
-            Duration::from_millis(1500)
+            Duration::from_secs(2)
         );
     }
 }

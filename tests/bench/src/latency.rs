@@ -103,6 +103,17 @@ async fn keep_polling(
 
 /// Measures `messages` deliveries with `waiting` peers holding a poll.
 pub async fn run(server: &Target, waiting: usize, messages: usize) -> Figures {
+    run_split(&server.base, &server.base, waiting, messages).await
+}
+
+/// As [`run`], but posting to `post_base` and polling `poll_base`: two server processes (or
+/// Lambda instances) sharing a store, so only the store carries the message across.
+pub async fn run_split(
+    post_base: &str,
+    poll_base: &str,
+    waiting: usize,
+    messages: usize,
+) -> Figures {
     let rooms = waiting.max(1);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(rooms * 2 + 16)
@@ -110,21 +121,22 @@ pub async fn run(server: &Target, waiting: usize, messages: usize) -> Figures {
         .build()
         .expect("client");
     let mut senders = Vec::with_capacity(rooms);
+    let mut pollers = Vec::with_capacity(rooms);
     let mut ready_signals = Vec::with_capacity(rooms);
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
     for r in 0..rooms {
         let room = format!("bench-{r}");
-        let sender = join(&http, &server.base, &room).await;
-        let receiver = join(&http, &server.base, &room).await;
+        let sender = join(&http, post_base, &room).await;
+        let receiver = join(&http, post_base, &room).await;
         let ready = Arc::new(Notify::new());
         let receiver_id = receiver.id.clone();
-        tokio::spawn(keep_polling(
+        pollers.push(tokio::spawn(keep_polling(
             http.clone(),
-            server.base.clone(),
+            poll_base.to_owned(),
             receiver,
             arrivals_tx.clone(),
             Arc::clone(&ready),
-        ));
+        )));
         ready_signals.push(ready);
         senders.push((sender, receiver_id));
     }
@@ -139,7 +151,7 @@ pub async fn run(server: &Target, waiting: usize, messages: usize) -> Figures {
         let body = json!({"to": receiver_id, "type": "message", "data": {"i": i}});
         let started = Instant::now();
         let response = http
-            .post(format!("{}/v1/rooms/{}/messages", server.base, sender.room))
+            .post(format!("{post_base}/v1/rooms/{}/messages", sender.room))
             .bearer_auth(&sender.token)
             .json(&body)
             .send()
@@ -155,6 +167,9 @@ pub async fn run(server: &Target, waiting: usize, messages: usize) -> Figures {
         // Let the recipient's next poll reach the server before measuring it again.
         let _ = tokio::time::timeout(Duration::from_secs(5), ready).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for poller in pollers {
+        poller.abort();
     }
     samples.sort();
     Figures { waiting, samples }

@@ -4,6 +4,7 @@
 //! SQLite file, or drives one already running (`--url`). Every run is bounded in messages and
 //! time, and talks to 127.0.0.1 only.
 
+mod dynamo;
 mod latency;
 mod server;
 mod throughput;
@@ -34,6 +35,18 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         messages: usize,
     },
+    /// The DynamoDB store's figures against a local endpoint (run via tests/with-moto.sh).
+    Dynamo {
+        /// Messages measured one at a time during the active exchange.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Idle waiting peers whose requests are counted.
+        #[arg(long, default_value_t = 10)]
+        idle_peers: usize,
+        /// Seconds the idle peers are counted.
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
+    },
     /// Delivered messages per second with many rooms sending flat out.
     Throughput {
         /// Sender/receiver pairs.
@@ -48,6 +61,15 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if let Command::Dynamo {
+        messages,
+        idle_peers,
+        idle_seconds,
+    } = cli.command
+    {
+        dynamo::run(messages, idle_peers, idle_seconds).await;
+        return;
+    }
     let server = match &cli.url {
         Some(url) => server::Target::external(url),
         None => server::Target::start(&cli.server_bin, &[]),
@@ -57,6 +79,7 @@ async fn main() {
             let figures = latency::run(&server, waiting, messages).await;
             println!("{figures}");
         }
+        Command::Dynamo { .. } => unreachable!("handled above"),
         Command::Throughput { rooms, seconds } => {
             let rate = throughput::run(&server, rooms, seconds).await;
             println!("| rooms | delivered messages/s |\n|---:|---:|\n| {rooms} | {rate:.0} |");
