@@ -18,18 +18,16 @@
 //                            bench's condition); PeerJS gets the same pause.
 // Env: N (default 1000), WARMUP (default 100), SETTLE_MS, SIGNALPOST_BIN (required),
 //      JSON=path (write the raw figures), HTTP=fetch|node (node: node:http keep-alive agents).
-import http from "node:http";
 import { performance } from "node:perf_hooks";
 import { writeFileSync } from "node:fs";
 import os from "node:os";
-import WebSocket from "ws";
+import { SignalpostClient, PeerjsClient, HTTP_CLIENT, sleep } from "./lib/clients.mjs";
 import { startSignalpost, startPeerServer } from "./lib/servers.mjs";
 import { summarize, ms } from "./lib/stats.mjs";
 
 const N = Number(process.env.N ?? 1000);
 const WARMUP = Number(process.env.WARMUP ?? 100);
 const SETTLE_MS = Number(process.env.SETTLE_MS ?? 5);
-const HTTP_CLIENT = process.env.HTTP ?? "fetch";
 const RT_TIMEOUT_MS = 10_000;
 const RUN_DEADLINE = Date.now() + Number(process.env.DEADLINE_S ?? 600) * 1000;
 
@@ -37,124 +35,6 @@ const CANDIDATE = {
   candidate: "candidate:842163049 1 udp 1677729535 127.0.0.1 51234 typ host generation 0 ufrag EsAw network-id 1 network-cost 999",
   sdpMid: "0", sdpMLineIndex: 0, usernameFragment: "EsAw",
 };
-const sleep = (t) => new Promise((r) => setTimeout(r, t));
-
-// ---- HTTP: Node's fetch (default) or node:http with a keep-alive agent per client ----
-
-function httpRequester() {
-  if (HTTP_CLIENT === "fetch") {
-    return async (method, url, headers, body) => {
-      const res = await fetch(url, { method, headers, body });
-      const text = await res.text();
-      return { status: res.status, text };
-    };
-  }
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-  return (method, url, headers, body) => new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers, agent }, (res) => {
-      let text = "";
-      res.setEncoding("utf8");
-      res.on("data", (c) => { text += c; });
-      res.on("end", () => resolve({ status: res.statusCode, text }));
-      res.on("error", reject);
-    });
-    req.on("error", reject);
-    req.setNoDelay(true);
-    req.end(body);
-  });
-}
-
-// ---- signalpost client ----
-
-class SignalpostClient {
-  peer = null; #token = null; #cursor = null; #stopped = false; #counter = 0;
-  #request = httpRequester();
-  pollsSent = 0; pollsAnswered = 0;
-  onMessage = () => {};
-
-  constructor(base, room) { this.base = base; this.room = room; }
-
-  async join() {
-    const res = await this.#request("POST", `${this.base}/v1/rooms/${this.room}/peers`,
-      { "Content-Type": "application/json" }, "{}");
-    if (res.status !== 201) throw new Error(`join: ${res.status} ${res.text}`);
-    const body = JSON.parse(res.text);
-    this.peer = body.peer;
-    this.#token = body.token;
-  }
-
-  startPolling() {
-    (async () => {
-      while (!this.#stopped && Date.now() < RUN_DEADLINE) {
-        const after = this.#cursor ? `&after=${encodeURIComponent(this.#cursor)}` : "";
-        this.pollsSent++;
-        let res;
-        try {
-          res = await this.#request("GET", `${this.base}/v1/rooms/${this.room}/messages?wait=20${after}`,
-            { Authorization: `Bearer ${this.#token}` });
-        } catch (err) {
-          if (!this.#stopped) console.error(`poll failed: ${err.message}`);
-          await sleep(100);
-          continue;
-        }
-        this.pollsAnswered++;
-        if (res.status !== 200) { console.error(`poll: ${res.status} ${res.text}`); await sleep(100); continue; }
-        const body = JSON.parse(res.text);
-        const arrived = performance.now();
-        if (body.cursor) this.#cursor = body.cursor;
-        for (const m of body.messages) this.onMessage(m, arrived);
-      }
-    })();
-  }
-
-  async send(to, data) {
-    const res = await this.#request("POST", `${this.base}/v1/rooms/${this.room}/messages`,
-      { Authorization: `Bearer ${this.#token}`, "Content-Type": "application/json" },
-      JSON.stringify({ to, type: "message", data, id: `b-${++this.#counter}` }));
-    if (res.status !== 202) throw new Error(`post: ${res.status} ${res.text}`);
-  }
-
-  async stop() {
-    this.#stopped = true;
-    await this.#request("DELETE", `${this.base}/v1/rooms/${this.room}/peers/${this.peer}`,
-      { Authorization: `Bearer ${this.#token}` }).catch(() => {});
-  }
-}
-
-// ---- PeerJS protocol client ----
-
-class PeerjsClient {
-  #ws = null; #heartbeat = null;
-  onMessage = () => {};
-  constructor(base, id) { this.base = base; this.id = id; }
-
-  open() {
-    const url = `${this.base.replace(/^http/, "ws")}/peerjs?key=peerjs&id=${this.id}&token=${Math.random().toString(36).slice(2)}`;
-    this.#ws = new WebSocket(url, { perMessageDeflate: false });
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("peerjs: no OPEN within 10 s")), 10_000);
-      this.#ws.on("error", reject);
-      this.#ws.on("message", (raw) => {
-        const message = JSON.parse(raw.toString());
-        const arrived = performance.now();
-        if (message.type === "OPEN") {
-          clearTimeout(timer);
-          // What the PeerJS client does every 5 s to stay alive.
-          this.#heartbeat = setInterval(() => this.#ws.send(JSON.stringify({ type: "HEARTBEAT" })), 5000);
-          resolve();
-        } else if (message.type === "ERROR" || message.type === "ID-TAKEN") {
-          reject(new Error(`peerjs: ${raw}`));
-        } else {
-          this.onMessage(message, arrived);
-        }
-      });
-    });
-  }
-
-  send(dst, type, payload) { this.#ws.send(JSON.stringify({ type, payload, dst })); }
-
-  stop() { clearInterval(this.#heartbeat); this.#ws?.close(); }
-}
 
 // ---- the two round trips ----
 

@@ -1,0 +1,205 @@
+// Two-browser call setup, signalpost vs PeerJS, in one run on one machine (issue 7).
+//
+// One headless Chromium (Debian's), a fresh context with two pages per run. Both pages open
+// their fake camera and microphone first; the clock (performance.timeOrigin + now(), so the
+// two pages' stamps compare) starts when the second page starts joining, and stops when the
+// later of the two RTCPeerConnections reports connectionState "connected".
+//   signalpost: pages on the signalpost server's origin import /signalpost.js from it;
+//     alice joins and runs a PeerMesh; bob (clock starts) joins, and his PeerMesh calls her.
+//   PeerJS:     pages load the peerjs package's browser bundle from a local static server;
+//     alice's Peer is open and answers calls with her stream; bob (clock starts) creates a
+//     Peer (server-assigned id: GET /peerjs/id, then the WebSocket) and, on open, peer.call()s
+//     alice with his stream.
+// Same ICE configuration on both sides: {iceServers: []}, host candidates on loopback. Same
+// media: audio + video from the fake devices, no data channel (PeerJS's MediaConnection has
+// none; DATA_CHANNEL=1 gives PeerMesh its default negotiated channel).
+// Runs alternate which system goes first. Env: RUNS (default 10), SIGNALPOST_BIN (required),
+// SIGNALPOST_WEB_DIR (where the server reads signalpost.js; default this checkout's web/),
+// CHROMIUM, JSON=path.
+import http from "node:http";
+import { readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { startSignalpost, startPeerServer } from "./lib/servers.mjs";
+import { summarize, ms } from "./lib/stats.mjs";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const RUNS = Number(process.env.RUNS ?? 10);
+const CONNECT_TIMEOUT_MS = 30_000;
+const DATA_CHANNEL = process.env.DATA_CHANNEL === "1";
+const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox",
+  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-gpu",
+];
+
+/** Static files for the PeerJS pages: a blank page and the peerjs browser bundle. */
+function startStatic() {
+  const bundle = readFileSync(path.join(HERE, "node_modules/peerjs/dist/peerjs.min.js"));
+  const page = `<!doctype html><meta charset="utf-8"><title>peerjs bench</title><script src="/peerjs.min.js"></script>`;
+  const server = http.createServer((req, res) => {
+    if (req.url === "/peerjs.min.js") res.writeHead(200, { "Content-Type": "text/javascript" }).end(bundle);
+    else if (req.url === "/bench.html") res.writeHead(200, { "Content-Type": "text/html" }).end(page);
+    else res.writeHead(404).end();
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({
+    url: `http://127.0.0.1:${server.address().port}`,
+    stop: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
+  })));
+}
+
+function newPage(context) {
+  return context.newPage().then((page) => {
+    page.on("pageerror", (err) => console.error(`[page error] ${err.message}`));
+    return page;
+  });
+}
+
+/** A page on the signalpost origin (no request interception) with the library as window.sp. */
+async function signalpostPage(context, base) {
+  const page = await newPage(context);
+  await page.goto(`${base}/v1/health`);
+  await page.addScriptTag({ type: "module", content: `import * as sp from "/signalpost.js"; window.sp = sp;` });
+  await page.waitForFunction(() => window.sp !== undefined, null, { timeout: 10_000 });
+  await page.evaluate(async () => {
+    window.bench = { stream: await navigator.mediaDevices.getUserMedia({ audio: true, video: true }), connectedAt: null };
+  });
+  return page;
+}
+
+/** Join and run a PeerMesh; stamps `bench.startedAt` before the join, `bench.connectedAt` on connected. */
+function signalpostJoin(page, base, room, dataChannel) {
+  return page.evaluate(async ({ base, room, dataChannel }) => {
+    const now = () => performance.timeOrigin + performance.now();
+    const { SignalingChannel, PeerMesh } = window.sp;
+    const bench = window.bench;
+    bench.startedAt = now();
+    const channel = await SignalingChannel.join(base, room, {});
+    const mesh = new PeerMesh(channel, {
+      localStream: bench.stream, rtcConfig: { iceServers: [] }, dataChannel: dataChannel ? "data" : null,
+    });
+    mesh.addEventListener("statechange", ({ detail: link }) => {
+      if (link.state === "connected") bench.connectedAt ??= now();
+    });
+    Object.assign(bench, { channel, mesh });
+  }, { base, room, dataChannel });
+}
+
+async function runSignalpost(browser, base, run) {
+  const context = await browser.newContext();
+  try {
+    const [alice, bob] = [await signalpostPage(context, base), await signalpostPage(context, base)];
+    const room = `call-${process.pid}-${run}`;
+    await signalpostJoin(alice, base, room, DATA_CHANNEL);
+    await signalpostJoin(bob, base, room, DATA_CHANNEL);
+    return await finish(alice, bob);
+  } finally {
+    await context.close();
+  }
+}
+
+async function peerjsPage(context, staticUrl) {
+  const page = await newPage(context);
+  await page.goto(`${staticUrl}/bench.html`);
+  await page.waitForFunction(() => window.peerjs?.Peer !== undefined, null, { timeout: 10_000 });
+  await page.evaluate(async () => {
+    window.bench = { stream: await navigator.mediaDevices.getUserMedia({ audio: true, video: true }), connectedAt: null };
+  });
+  return page;
+}
+
+/** In a PeerJS page: create a Peer on the local server; resolves with its id once open. */
+const PEER_SETUP = `
+window.benchPeer = (server) => {
+  const now = () => performance.timeOrigin + performance.now();
+  const bench = window.bench;
+  const watch = (pc) => {
+    const check = () => { if (pc.connectionState === "connected") bench.connectedAt ??= now(); };
+    pc.addEventListener("connectionstatechange", check);
+    check();
+  };
+  bench.watch = watch;
+  bench.startedAt = now();
+  const peer = new window.peerjs.Peer({ host: "127.0.0.1", port: server.port, path: "/", key: "peerjs",
+    secure: false, config: { iceServers: [] } });
+  bench.peer = peer;
+  peer.on("call", (call) => { call.answer(bench.stream); watch(call.peerConnection); });
+  peer.on("error", (err) => console.error("peerjs error " + err.type));
+  return new Promise((resolve, reject) => { peer.on("open", resolve); peer.on("error", reject); });
+};`;
+
+async function runPeerjs(browser, staticUrl, peerUrl) {
+  const context = await browser.newContext();
+  try {
+    const [alice, bob] = [await peerjsPage(context, staticUrl), await peerjsPage(context, staticUrl)];
+    const server = { port: Number(new URL(peerUrl).port) };
+    for (const page of [alice, bob]) await page.addScriptTag({ content: PEER_SETUP });
+    const aliceId = await alice.evaluate((server) => window.benchPeer(server), server);
+    await bob.evaluate(({ server, aliceId }) => {
+      // Clock starts inside benchPeer, before the Peer is created.
+      window.benchPeer(server).then(() => {
+        const call = window.bench.peer.call(aliceId, window.bench.stream);
+        window.bench.watch(call.peerConnection);
+      });
+    }, { server, aliceId });
+    return await finish(alice, bob);
+  } finally {
+    await context.close();
+  }
+}
+
+/** Wait until both pages are connected; the figure is max(connectedAt) − bob's startedAt. */
+async function finish(alice, bob) {
+  const wait = (page) => page.waitForFunction(() => window.bench.connectedAt !== null, null,
+    { timeout: CONNECT_TIMEOUT_MS, polling: 50 });
+  await Promise.all([wait(alice), wait(bob)]);
+  const a = await alice.evaluate(() => window.bench.connectedAt);
+  const b = await bob.evaluate(() => [window.bench.startedAt, window.bench.connectedAt]);
+  return Math.max(a, b[1]) - b[0];
+}
+
+// The server serves /signalpost.js from SIGNALPOST_WEB_DIR: this checkout's web/ unless set
+// (as tests/e2e does; a binary's embedded copy can lag behind the checkout).
+const WEB_DIR = path.resolve(process.env.SIGNALPOST_WEB_DIR ?? path.join(HERE, "../../../web"));
+const sp = await startSignalpost({ SIGNALPOST_WEB_DIR: WEB_DIR });
+const pj = await startPeerServer();
+const statics = await startStatic();
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS, timeout: 30_000,
+});
+const times = { ours: [], peerjs: [] };
+try {
+  // One unmeasured run each: the first call in a fresh browser pays one-off start-up costs.
+  await runSignalpost(browser, sp.url, 0);
+  await runPeerjs(browser, statics.url, pj.url);
+  for (let run = 1; run <= RUNS; run++) {
+    const order = run % 2 ? ["ours", "peerjs"] : ["peerjs", "ours"];
+    const line = [];
+    for (const which of order) {
+      const t = which === "ours" ? await runSignalpost(browser, sp.url, run) : await runPeerjs(browser, statics.url, pj.url);
+      times[which].push(t);
+      line.push(`${which} ${t.toFixed(0)} ms`);
+    }
+    console.log(`run ${String(run).padStart(2)}: ${line.join(", ")}`);
+  }
+} finally {
+  await browser.close();
+  await statics.stop();
+  await sp.stop();
+  await pj.stop();
+}
+
+const s = { ours: summarize(times.ours), peerjs: summarize(times.peerjs) };
+const load = os.loadavg().map((x) => x.toFixed(2)).join(" ");
+console.log(`\ncall setup (second page's join → both RTCPeerConnections connected), ${RUNS} runs each, alternated; `
+  + `${os.cpus().length} CPUs, load ${load}${DATA_CHANNEL ? ", PeerMesh with data channel" : ""}\n`);
+console.log("| client + server | median ms | min ms | max ms |");
+console.log("|---|---:|---:|---:|");
+console.log(`| signalpost.js PeerMesh + signalpost | ${ms(s.ours.median, 0)} | ${ms(s.ours.min, 0)} | ${ms(s.ours.max, 0)} |`);
+console.log(`| peerjs peer.call() + PeerJS server | ${ms(s.peerjs.median, 0)} | ${ms(s.peerjs.min, 0)} | ${ms(s.peerjs.max, 0)} |`);
+console.log(`\nratio ours/PeerJS: median ${(s.ours.median / s.peerjs.median).toFixed(2)}× (target ≤ 1.1×)`);
+if (process.env.JSON) writeFileSync(process.env.JSON, JSON.stringify({ RUNS, load, times, summary: s }, null, 1));
+process.exit(0);
