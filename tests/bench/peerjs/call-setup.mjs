@@ -51,11 +51,63 @@ function startStatic() {
   })));
 }
 
+// With TRACE=1 every page logs its signalling traffic and RTCPeerConnection events into
+// window.benchEvents, and each run prints both pages' timelines relative to bob's start.
+const TRACE = process.env.TRACE === "1";
+const TRACE_SETUP = `
+window.benchEvents = [];
+window.benchLog = (what) => window.benchEvents.push([performance.timeOrigin + performance.now(), what]);
+window.benchWatchPc = (pc) => {
+  pc.addEventListener("icecandidate", (e) => window.benchLog(e.candidate ? "candidate gathered" : "gathering done"));
+  pc.addEventListener("signalingstatechange", () => window.benchLog("signaling " + pc.signalingState));
+  pc.addEventListener("iceconnectionstatechange", () => window.benchLog("ice " + pc.iceConnectionState));
+  pc.addEventListener("connectionstatechange", () => window.benchLog("pc " + pc.connectionState));
+};
+const describe = (body) => {
+  try { const b = JSON.parse(body); return b.messages ? b.messages.map((m) => m.type).join("+") : (b.type ?? ""); }
+  catch { return ""; }
+};
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (e) => window.benchLog("ws ← " + describe(e.data)));
+  }
+  send(data) { window.benchLog("ws → " + describe(data)); super.send(data); }
+};
+window.benchFetch = async (url, init = {}) => {
+  const method = init.method ?? "GET";
+  const what = method + " " + new URL(url, location.href).pathname.split("/").slice(4).join("/") + " " + describe(init.body);
+  if (method !== "GET") window.benchLog(what + " →");
+  const res = await fetch(url, init);
+  if (method !== "GET") window.benchLog(what + " ← " + res.status);
+  return res;
+};
+const nativeFetch = window.fetch.bind(window);
+window.fetch = (url, init = {}) => {
+  const method = init?.method ?? "GET";
+  const what = "fetch " + method + " " + new URL(String(url), location.href).pathname;
+  window.benchLog(what + " →");
+  return nativeFetch(url, init).then((r) => { window.benchLog(what + " ← " + r.status); return r; });
+};`;
+
 function newPage(context) {
-  return context.newPage().then((page) => {
+  return context.newPage().then(async (page) => {
     page.on("pageerror", (err) => console.error(`[page error] ${err.message}`));
+    if (TRACE) await page.addInitScript({ content: TRACE_SETUP });
     return page;
   });
+}
+
+async function printTrace(alice, bob) {
+  if (!TRACE) return;
+  const start = await bob.evaluate(() => window.bench.startedAt);
+  const events = [];
+  for (const [who, page] of [["alice", alice], ["bob", bob]]) {
+    for (const [t, what] of await page.evaluate(() => window.benchEvents)) events.push([t - start, who, what]);
+  }
+  events.sort((x, y) => x[0] - y[0]);
+  for (const [t, who, what] of events) if (t >= -1) console.log(`  ${t.toFixed(1).padStart(7)} ms  ${who.padEnd(5)}  ${what}`);
 }
 
 /** A page on the signalpost origin (no request interception) with the library as window.sp. */
@@ -77,10 +129,15 @@ function signalpostJoin(page, base, room, dataChannel) {
     const { SignalingChannel, PeerMesh } = window.sp;
     const bench = window.bench;
     bench.startedAt = now();
-    const channel = await SignalingChannel.join(base, room, {});
+    const channel = await SignalingChannel.join(base, room, window.benchFetch ? { fetch: window.benchFetch } : {});
+    if (window.benchLog) {
+      window.benchLog("joined");
+      channel.addEventListener("message", ({ data }) => window.benchLog(`poll ← ${data.type}`));
+    }
     const mesh = new PeerMesh(channel, {
       localStream: bench.stream, rtcConfig: { iceServers: [] }, dataChannel: dataChannel ? "data" : null,
     });
+    if (window.benchWatchPc) mesh.addEventListener("link", ({ detail: link }) => window.benchWatchPc(link.pc));
     mesh.addEventListener("statechange", ({ detail: link }) => {
       if (link.state === "connected") bench.connectedAt ??= now();
     });
@@ -95,7 +152,9 @@ async function runSignalpost(browser, base, run) {
     const room = `call-${process.pid}-${run}`;
     await signalpostJoin(alice, base, room, DATA_CHANNEL);
     await signalpostJoin(bob, base, room, DATA_CHANNEL);
-    return await finish(alice, bob);
+    const t = await finish(alice, bob);
+    await printTrace(alice, bob);
+    return t;
   } finally {
     await context.close();
   }
@@ -117,6 +176,7 @@ window.benchPeer = (server) => {
   const now = () => performance.timeOrigin + performance.now();
   const bench = window.bench;
   const watch = (pc) => {
+    window.benchWatchPc?.(pc);
     const check = () => { if (pc.connectionState === "connected") bench.connectedAt ??= now(); };
     pc.addEventListener("connectionstatechange", check);
     check();
@@ -145,7 +205,9 @@ async function runPeerjs(browser, staticUrl, peerUrl) {
         window.bench.watch(call.peerConnection);
       });
     }, { server, aliceId });
-    return await finish(alice, bob);
+    const t = await finish(alice, bob);
+    await printTrace(alice, bob);
+    return t;
   } finally {
     await context.close();
   }

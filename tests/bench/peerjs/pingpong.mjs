@@ -22,7 +22,7 @@ import { performance } from "node:perf_hooks";
 import { writeFileSync } from "node:fs";
 import os from "node:os";
 import { SignalpostClient, PeerjsClient, HTTP_CLIENT, sleep } from "./lib/clients.mjs";
-import { startSignalpost, startPeerServer } from "./lib/servers.mjs";
+import { startSignalpost, startPeerServer, cpuMs } from "./lib/servers.mjs";
 import { summarize, ms } from "./lib/stats.mjs";
 
 const N = Number(process.env.N ?? 1000);
@@ -95,9 +95,11 @@ try {
     ["ours", ours, 0], ["peerjs", theirs, 0],
     ["ours-waiting", ours, SETTLE_MS], ["peerjs-idle", theirs, SETTLE_MS],
   ];
-  const t0 = Date.now();
+  let t0 = Date.now();
+  let cpu0 = null;
   for (let i = -WARMUP; i < N; i++) {
     if (Date.now() > RUN_DEADLINE) throw new Error("run deadline passed");
+    if (i === 0) { t0 = Date.now(); cpu0 = { sp: cpuMs(sp.pid), pj: cpuMs(pj.pid), bench: process.cpuUsage() }; }
     // Rotate the order each round so no series always follows the same one.
     for (let k = 0; k < kinds.length; k++) {
       const [name, fn, settle] = kinds[(k + (i & 3)) % kinds.length];
@@ -107,6 +109,9 @@ try {
     }
   }
   const elapsed = (Date.now() - t0) / 1000;
+  // Each server only ever serves its own two series, so its CPU divides by 2N round trips.
+  const cpu = { sp: cpuMs(sp.pid) - cpu0.sp, pj: cpuMs(pj.pid) - cpu0.pj };
+  const benchCpu = process.cpuUsage(cpu0.bench);
 
   await Promise.all([spA.stop(), spB.stop()]);
   pjA.stop(); pjB.stop();
@@ -130,8 +135,12 @@ try {
   console.log(`\nratio ours/PeerJS: median ${ratio(s.ours.median, s.peerjs.median)}×, p99 ${ratio(s.ours.p99, s.peerjs.p99)}× `
     + `(target ≤ 1.5×); poll already waiting: median ${ratio(s["ours-waiting"].median, s["peerjs-idle"].median)}×, `
     + `p99 ${ratio(s["ours-waiting"].p99, s["peerjs-idle"].p99)}×`);
+  if (cpu0.sp !== null) {
+    console.log(`server CPU per round trip (user+system, over all ${2 * N} of each): signalpost ${(cpu.sp / (2 * N) * 1000).toFixed(0)} µs, `
+      + `PeerJS ${(cpu.pj / (2 * N) * 1000).toFixed(0)} µs; this process (both clients) ${((benchCpu.user + benchCpu.system) / 1000 / (4 * N) * 1000).toFixed(0)} µs`);
+  }
   console.log(`polls answered: A ${spA.pollsAnswered}, B ${spB.pollsAnswered}`);
-  if (process.env.JSON) writeFileSync(process.env.JSON, JSON.stringify({ N, WARMUP, SETTLE_MS, HTTP_CLIENT, load, summary: s }, null, 1));
+  if (process.env.JSON) writeFileSync(process.env.JSON, JSON.stringify({ N, WARMUP, SETTLE_MS, HTTP_CLIENT, load, cpu, summary: s }, null, 1));
 } finally {
   await sp.stop();
   await pj.stop();

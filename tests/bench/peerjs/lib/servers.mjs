@@ -2,7 +2,7 @@
 // the signalpost binary (SIGNALPOST_BIN, throwaway SQLite file) and the PeerJS server
 // (peer-server.mjs). Both resolve once the child prints its "listening on" line.
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -67,4 +67,16 @@ export async function startSignalpost(env = {}) {
 export function startPeerServer() {
   return startChild("peerjs", process.execPath, [path.join(HERE, "..", "peer-server.mjs"), "0"], {},
     /peerjs listening on (http:\/\/127\.0\.0\.1:\d+)/);
+}
+
+/** CPU time (user + system, ms) a process has used so far, from /proc (Linux); null elsewhere. */
+export function cpuMs(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime are fields 14 and 15 of the whole line, in clock ticks (USER_HZ, 100).
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return null;
+  }
 }
