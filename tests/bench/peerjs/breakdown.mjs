@@ -1,101 +1,96 @@
-// Where a signalpost ping-pong's time goes, next to the PeerJS server's one-way relay.
-// Not part of run.sh's table: a diagnostic for the analysis in README.md.
-// Interleaved samples (M each, default 300, SETTLE_MS pause before each so polls are parked):
-//   health        GET /v1/health: HTTP request floor (client + hyper + axum, no store)
-//   post→202      POST one message to B while B's poll waits: the sender's wait
-//   one-way       POST start → B's waiting poll has the message parsed
-//   pj one-way    PeerJS: ws.send → B has the message parsed
-// each with Node's fetch (undici) and with node:http (keep-alive agent).
+// Where a signalpost ping-pong round trip's time goes. A diagnostic for README.md's
+// analysis, not part of run.sh's table. Interleaved samples (M each, default 500, with a
+// SETTLE_MS pause before each so that every long poll is parked):
+//   round trip through signalpost, with Node's fetch (undici) and with node:http
+//   round trip through lib/lp-relay.mjs (a bare in-memory HTTP long-poll relay), both clients
+//   round trip through the PeerJS server (WebSocket)
+//   GET /v1/health on signalpost: one HTTP exchange with the server, no store
+// and each server's CPU time (user + system) per round trip, from /proc.
 import { performance } from "node:perf_hooks";
 import os from "node:os";
 import { SignalpostClient, PeerjsClient, httpRequester, sleep } from "./lib/clients.mjs";
-import { startSignalpost, startPeerServer } from "./lib/servers.mjs";
+import { startSignalpost, startPeerServer, startRelay, cpuMs } from "./lib/servers.mjs";
 import { summarize, ms } from "./lib/stats.mjs";
 
-const M = Number(process.env.M ?? 300);
+const M = Number(process.env.M ?? 500);
 const SETTLE_MS = Number(process.env.SETTLE_MS ?? 5);
 const CANDIDATE = { candidate: "candidate:842163049 1 udp 1677729535 127.0.0.1 51234 typ host generation 0 ufrag EsAw network-id 1 network-cost 999", sdpMid: "0", sdpMLineIndex: 0 };
 
-const sp = await startSignalpost();
-const pj = await startPeerServer();
-const arrivals = new Map();
-const waitArrival = (key) => new Promise((resolve, reject) => {
-  const timer = setTimeout(() => reject(new Error(`no arrival ${key}`)), 10_000);
-  arrivals.set(key, (t) => { clearTimeout(timer); resolve(t); });
-});
-const arrive = (key, t) => { const f = arrivals.get(key); if (f) { arrivals.delete(key); f(t); } };
+const servers = { signalpost: await startSignalpost(), relay: await startRelay(), peerjs: await startPeerServer() };
+const pending = new Map();
+let seq = 0;
+const pong = (n, t) => { const f = pending.get(n); if (f) { pending.delete(n); f(t); } };
+function roundTrip(send) {
+  const n = ++seq;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`round trip ${n} timed out`)), 10_000);
+    const t0 = performance.now();
+    pending.set(n, (t) => { clearTimeout(timer); resolve(t - t0); });
+    send(n);
+  });
+}
 
 try {
-  const setups = {};
-  for (const kind of ["fetch", "node"]) {
-    const room = `bd-${kind}-${process.pid}`;
-    const a = new SignalpostClient(sp.url, room, { http: kind });
-    const b = new SignalpostClient(sp.url, room, { http: kind });
-    await a.join(); await b.join();
-    b.onMessage = (m, t) => { if (m.data?.k) arrive(m.data.k, t); };
-    a.startPolling(); b.startPolling();
-    setups[kind] = { a, b, req: httpRequester(kind) };
-  }
-  const pa = new PeerjsClient(pj.url, `bda${process.pid}`);
-  const pb = new PeerjsClient(pj.url, `bdb${process.pid}`);
-  await pa.open(); await pb.open();
-  pb.onMessage = (m, t) => { if (m.payload?.k) arrive(m.payload.k, t); };
-  await sleep(300);
-
-  let key = 0;
   const probes = [];
-  for (const kind of ["fetch", "node"]) {
-    const { a, b, req } = setups[kind];
-    probes.push([`health (${kind})`, async () => {
+  const clients = [];
+  for (const target of ["signalpost", "relay"]) {
+    for (const http of ["fetch", "node"]) {
+      const room = `bd-${http}-${process.pid}`;
+      const a = new SignalpostClient(servers[target].url, room, { http });
+      const b = new SignalpostClient(servers[target].url, room, { http });
+      await a.join(); await b.join();
+      b.onMessage = (m) => { if (m.data?.ping) b.send(m.from, { pong: m.data.ping, ...CANDIDATE }); };
+      a.onMessage = (m, t) => { if (m.data?.pong) pong(m.data.pong, t); };
+      a.startPolling(); b.startPolling();
+      clients.push(a, b);
+      probes.push([`${target}, ${http === "fetch" ? "fetch" : "node:http"}`, target,
+        () => roundTrip((n) => a.send(b.peer, { ping: n, ...CANDIDATE }))]);
+    }
+  }
+  const pa = new PeerjsClient(servers.peerjs.url, `bda${process.pid}`);
+  const pb = new PeerjsClient(servers.peerjs.url, `bdb${process.pid}`);
+  await pa.open(); await pb.open();
+  pb.onMessage = (m) => { if (m.payload?.ping) pb.send(m.src, "ANSWER", { pong: m.payload.ping, ...CANDIDATE }); };
+  pa.onMessage = (m, t) => { if (m.payload?.pong) pong(m.payload.pong, t); };
+  probes.push(["PeerJS server, ws", "peerjs", () => roundTrip((n) => pa.send(pb.id, "OFFER", { ping: n, ...CANDIDATE }))]);
+  for (const http of ["fetch", "node"]) {
+    const req = httpRequester(http);
+    probes.push([`signalpost GET /v1/health only, ${http === "fetch" ? "fetch" : "node:http"}`, "signalpost", async () => {
       const t0 = performance.now();
-      await req("GET", `${sp.url}/v1/health`, {});
+      await req("GET", `${servers.signalpost.url}/v1/health`, {});
       return performance.now() - t0;
     }]);
-    probes.push([`post→202 (${kind})`, async () => {
-      const k = ++key;
-      const arrived = waitArrival(k);
-      const t0 = performance.now();
-      await a.send(b.peer, { k, ...CANDIDATE });
-      const t = performance.now() - t0;
-      await arrived;
-      return t;
-    }]);
-    probes.push([`one-way (${kind})`, async () => {
-      const k = ++key;
-      const arrived = waitArrival(k);
-      const t0 = performance.now();
-      a.send(b.peer, { k, ...CANDIDATE });
-      return (await arrived) - t0;
-    }]);
   }
-  probes.push(["pj one-way (ws)", async () => {
-    const k = ++key;
-    const arrived = waitArrival(k);
-    const t0 = performance.now();
-    pa.send(pb.id, "OFFER", { k, ...CANDIDATE });
-    return (await arrived) - t0;
-  }]);
+  await sleep(300);
 
   const samples = Object.fromEntries(probes.map(([name]) => [name, []]));
-  for (let i = -30; i < M; i++) {
+  let cpu0 = null;
+  for (let i = -50; i < M; i++) {
+    if (i === 0) cpu0 = Object.fromEntries(Object.entries(servers).map(([k, s]) => [k, cpuMs(s.pid)]));
     for (let p = 0; p < probes.length; p++) {
-      const [name, fn] = probes[(p + i + 1000 * probes.length) % probes.length];
+      const [name, , fn] = probes[(p + i + 1000 * probes.length) % probes.length];
       await sleep(SETTLE_MS);
       const t = await fn();
       if (i >= 0) samples[name].push(t);
     }
   }
-  console.log(`\nbreakdown, M=${M} each, ${SETTLE_MS} ms pause before each; load ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}\n`);
+  const cpu = Object.fromEntries(Object.entries(servers).map(([k, s]) => [k, cpuMs(s.pid) - cpu0[k]]));
+  const roundTrips = { signalpost: 2 * M, relay: 2 * M, peerjs: M };
+
+  console.log(`\nbreakdown, M=${M} each, interleaved, ${SETTLE_MS} ms pause before each; `
+    + `${os.cpus().length} CPUs, load ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}\n`);
   console.log("| probe | median ms | p90 ms | p99 ms |");
   console.log("|---|---:|---:|---:|");
   for (const [name, v] of Object.entries(samples)) {
     const f = summarize(v);
     console.log(`| ${name} | ${ms(f.median)} | ${ms(f.p90)} | ${ms(f.p99)} |`);
   }
-  for (const { a, b } of Object.values(setups)) await Promise.all([a.stop(), b.stop()]);
+  console.log(`\nserver CPU per round trip: signalpost ${(cpu.signalpost / roundTrips.signalpost * 1000).toFixed(0)} µs `
+    + `(health GETs included), relay ${(cpu.relay / roundTrips.relay * 1000).toFixed(0)} µs, `
+    + `PeerJS ${(cpu.peerjs / roundTrips.peerjs * 1000).toFixed(0)} µs`);
+  await Promise.all(clients.map((c) => c.stop()));
   pa.stop(); pb.stop();
 } finally {
-  await sp.stop();
-  await pj.stop();
+  for (const s of Object.values(servers)) await s.stop();
 }
 process.exit(0);

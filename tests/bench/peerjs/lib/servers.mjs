@@ -69,6 +69,12 @@ export function startPeerServer() {
     /peerjs listening on (http:\/\/127\.0\.0\.1:\d+)/);
 }
 
+/** The reference in-memory HTTP long-poll relay (lib/lp-relay.mjs), for breakdown.mjs. */
+export function startRelay() {
+  return startChild("relay", process.execPath, [path.join(HERE, "lp-relay.mjs")], {},
+    /relay listening on (http:\/\/127\.0\.0\.1:\d+)/);
+}
+
 /** CPU time (user + system, ms) a process has used so far, from /proc (Linux); null elsewhere. */
 export function cpuMs(pid) {
   try {
