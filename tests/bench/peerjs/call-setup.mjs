@@ -99,7 +99,30 @@ function newPage(context) {
   });
 }
 
-async function printTrace(alice, bob) {
+// Milestones of a call in the TRACE timelines: [who, event] per system, first match wins.
+const MILESTONES = {
+  ours: { joined: ["bob", "POST peers  ← 201"], joinResolved: ["bob", "joined"],
+    localOffer: ["bob", "signaling have-local-offer"], offerOut: ["bob", "POST messages offer →"],
+    offerIn: ["alice", "poll ← offer"], answerOut: ["alice", "POST messages answer →"],
+    answerIn: ["bob", "poll ← answer"], candidatesInAlice: ["alice", "poll ← candidate"],
+    candidatesInBob: ["bob", "poll ← candidate"] },
+  peerjs: { joined: ["bob", "ws ← OPEN"], joinResolved: ["bob", "ws ← OPEN"],
+    localOffer: ["bob", "signaling have-local-offer"], offerOut: ["bob", "ws → OFFER"], offerIn: ["alice", "ws ← OFFER"],
+    answerOut: ["alice", "ws → ANSWER"], answerIn: ["bob", "ws ← ANSWER"],
+    candidatesInAlice: ["alice", "ws ← CANDIDATE"], candidatesInBob: ["bob", "ws ← CANDIDATE"] },
+};
+const PHASES = [
+  ["join (ours: 201 headers; PeerJS: GET /id + OPEN)", null, "joined"],
+  ["join response body read (ours only)", "joined", "joinResolved"],
+  ["joined → local offer set", "joinResolved", "localOffer"], ["local offer → offer sent", "localOffer", "offerOut"],
+  ["offer transit", "offerOut", "offerIn"],
+  ["offer in → answer out", "offerIn", "answerOut"], ["answer transit", "answerOut", "answerIn"],
+  ["answer in → both connected", "answerIn", "connected"],
+  ["(bob's first candidate reaches alice)", null, "candidatesInAlice"], ["(alice's first candidate reaches bob)", null, "candidatesInBob"],
+];
+const phases = { ours: [], peerjs: [] };
+
+async function printTrace(alice, bob, which, total) {
   if (!TRACE) return;
   const start = await bob.evaluate(() => window.bench.startedAt);
   const events = [];
@@ -107,7 +130,28 @@ async function printTrace(alice, bob) {
     for (const [t, what] of await page.evaluate(() => window.benchEvents)) events.push([t - start, who, what]);
   }
   events.sort((x, y) => x[0] - y[0]);
-  for (const [t, who, what] of events) if (t >= -1) console.log(`  ${t.toFixed(1).padStart(7)} ms  ${who.padEnd(5)}  ${what}`);
+  if (process.env.TRACE_EVENTS === "1") {
+    for (const [t, who, what] of events) if (t >= -1) console.log(`  ${t.toFixed(1).padStart(7)} ms  ${who.padEnd(5)}  ${what}`);
+  }
+  const at = { connected: total };
+  for (const [name, [who, what]] of Object.entries(MILESTONES[which])) {
+    at[name] = events.find(([t, w, e]) => t >= 0 && w === who && e.trim() === what.trim())?.[0] ?? NaN;
+  }
+  phases[which].push(Object.fromEntries(PHASES.map(([label, from, to]) => [label, at[to] - (from ? at[from] : 0)])));
+}
+
+function printPhases() {
+  if (!TRACE) return;
+  console.log("\nwhere the time goes (TRACE=1), median ms over the runs, from bob's join start\n");
+  console.log("| phase | signalpost | PeerJS |");
+  console.log("|---|---:|---:|");
+  for (const [label] of PHASES) {
+    const med = (which) => {
+      const v = phases[which].map((p) => p[label]).filter((x) => !Number.isNaN(x));
+      return v.length ? summarize(v).median.toFixed(1) : "–";
+    };
+    console.log(`| ${label} | ${med("ours")} | ${med("peerjs")} |`);
+  }
 }
 
 /** A page on the signalpost origin (no request interception) with the library as window.sp. */
@@ -153,7 +197,7 @@ async function runSignalpost(browser, base, run) {
     await signalpostJoin(alice, base, room, DATA_CHANNEL);
     await signalpostJoin(bob, base, room, DATA_CHANNEL);
     const t = await finish(alice, bob);
-    await printTrace(alice, bob);
+    await printTrace(alice, bob, "ours", t);
     return t;
   } finally {
     await context.close();
@@ -206,7 +250,7 @@ async function runPeerjs(browser, staticUrl, peerUrl) {
       });
     }, { server, aliceId });
     const t = await finish(alice, bob);
-    await printTrace(alice, bob);
+    await printTrace(alice, bob, "peerjs", t);
     return t;
   } finally {
     await context.close();
@@ -237,6 +281,8 @@ try {
   // One unmeasured run each: the first call in a fresh browser pays one-off start-up costs.
   await runSignalpost(browser, sp.url, 0);
   await runPeerjs(browser, statics.url, pj.url);
+  phases.ours.length = 0;
+  phases.peerjs.length = 0;
   for (let run = 1; run <= RUNS; run++) {
     const order = run % 2 ? ["ours", "peerjs"] : ["peerjs", "ours"];
     const line = [];
@@ -262,6 +308,9 @@ console.log("| client + server | median ms | min ms | max ms |");
 console.log("|---|---:|---:|---:|");
 console.log(`| signalpost.js PeerMesh + signalpost | ${ms(s.ours.median, 0)} | ${ms(s.ours.min, 0)} | ${ms(s.ours.max, 0)} |`);
 console.log(`| peerjs peer.call() + PeerJS server | ${ms(s.peerjs.median, 0)} | ${ms(s.peerjs.min, 0)} | ${ms(s.peerjs.max, 0)} |`);
-console.log(`\nratio ours/PeerJS: median ${(s.ours.median / s.peerjs.median).toFixed(2)}× (target ≤ 1.1×)`);
-if (process.env.JSON) writeFileSync(process.env.JSON, JSON.stringify({ RUNS, load, times, summary: s }, null, 1));
+const paired = summarize(times.ours.map((t, i) => t - times.peerjs[i]));
+console.log(`\nratio ours/PeerJS: median ${(s.ours.median / s.peerjs.median).toFixed(2)}× (target ≤ 1.1×); `
+  + `paired runs, median of (ours − PeerJS): ${paired.median.toFixed(0)} ms`);
+printPhases();
+if (process.env.JSON) writeFileSync(process.env.JSON, JSON.stringify({ RUNS, load, times, paired, summary: s, phases }, null, 1));
 process.exit(0);

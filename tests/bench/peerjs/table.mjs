@@ -11,7 +11,7 @@ const f = (x, d = 2) => x.toFixed(d);
 const ratio = (a, b) => `${(a / b).toFixed(2)}×`;
 const version = (pkg) => JSON.parse(readFileSync(new URL(`./node_modules/${pkg}/package.json`, import.meta.url), "utf8")).version;
 let chromium = "chromium";
-try { chromium = execFileSync(process.env.CHROMIUM ?? "/usr/bin/chromium", ["--version"], { encoding: "utf8" }).trim(); } catch {}
+try { chromium = execFileSync(process.env.CHROMIUM ?? "/usr/bin/chromium", ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim(); } catch {}
 
 const s = pp.summary;
 const c = cs.summary;
