@@ -2,7 +2,8 @@
 // analysis, not part of run.sh's table. Interleaved samples (M each, default 500, with a
 // SETTLE_MS pause before each so that every long poll is parked):
 //   round trip through signalpost, with Node's fetch (undici) and with node:http
-//   round trip through lib/lp-relay.mjs (a bare in-memory HTTP long-poll relay), both clients
+//   round trip through lib/lp-relay.mjs (a bare in-memory HTTP long-poll relay), both clients,
+//   and through the same relay receiving over a server-sent-event stream instead of polls
 //   round trip through the PeerJS server (WebSocket)
 //   GET /v1/health on signalpost: one HTTP exchange with the server, no store
 // and each server's CPU time (user + system) per round trip, from /proc.
@@ -33,17 +34,19 @@ function roundTrip(send) {
 try {
   const probes = [];
   const clients = [];
-  for (const target of ["signalpost", "relay"]) {
+  for (const target of ["signalpost", "relay", "relay-stream"]) {
     for (const http of ["fetch", "node"]) {
+      const server = servers[target === "relay-stream" ? "relay" : target];
       const room = `bd-${http}-${process.pid}`;
-      const a = new SignalpostClient(servers[target].url, room, { http });
-      const b = new SignalpostClient(servers[target].url, room, { http });
+      const a = new SignalpostClient(server.url, room, { http });
+      const b = new SignalpostClient(server.url, room, { http });
       await a.join(); await b.join();
       b.onMessage = (m) => { if (m.data?.ping) b.send(m.from, { pong: m.data.ping, ...CANDIDATE }); };
       a.onMessage = (m, t) => { if (m.data?.pong) pong(m.data.pong, t); };
-      a.startPolling(); b.startPolling();
+      if (target === "relay-stream") { a.startStream(); b.startStream(); } else { a.startPolling(); b.startPolling(); }
       clients.push(a, b);
-      probes.push([`${target}, ${http === "fetch" ? "fetch" : "node:http"}`, target,
+      const label = target === "relay-stream" ? "relay, SSE stream instead of polls" : target;
+      probes.push([`${label}, ${http === "fetch" ? "fetch" : "node:http"}`, target,
         () => roundTrip((n) => a.send(b.peer, { ping: n, ...CANDIDATE }))]);
     }
   }
@@ -75,7 +78,7 @@ try {
     }
   }
   const cpu = Object.fromEntries(Object.entries(servers).map(([k, s]) => [k, cpuMs(s.pid) - cpu0[k]]));
-  const roundTrips = { signalpost: 2 * M, relay: 2 * M, peerjs: M };
+  const roundTrips = { signalpost: 2 * M, relay: 4 * M, peerjs: M };
 
   console.log(`\nbreakdown, M=${M} each, interleaved, ${SETTLE_MS} ms pause before each; `
     + `${os.cpus().length} CPUs, load ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}\n`);
@@ -86,7 +89,7 @@ try {
     console.log(`| ${name} | ${ms(f.median)} | ${ms(f.p90)} | ${ms(f.p99)} |`);
   }
   console.log(`\nserver CPU per round trip: signalpost ${(cpu.signalpost / roundTrips.signalpost * 1000).toFixed(0)} µs `
-    + `(health GETs included), relay ${(cpu.relay / roundTrips.relay * 1000).toFixed(0)} µs, `
+    + `(health GETs included), relay ${(cpu.relay / roundTrips.relay * 1000).toFixed(0)} µs (polls and streams), `
     + `PeerJS ${(cpu.peerjs / roundTrips.peerjs * 1000).toFixed(0)} µs`);
   await Promise.all(clients.map((c) => c.stop()));
   pa.stop(); pb.stop();

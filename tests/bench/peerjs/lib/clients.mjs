@@ -44,7 +44,7 @@ export class SignalpostClient {
   onMessage = () => {};
 
   constructor(base, room, { http = HTTP_CLIENT } = {}) {
-    this.base = base; this.room = room; this.#request = httpRequester(http);
+    this.base = base; this.room = room; this.http = http; this.#request = httpRequester(http);
   }
 
   async join() {
@@ -78,6 +78,34 @@ export class SignalpostClient {
         for (const m of body.messages) this.onMessage(m, arrived);
       }
     })();
+  }
+
+  /**
+   * Only against lib/lp-relay.mjs: receive over one server-sent-event stream instead of
+   * long polls (what a streaming extension of the API would look like to a client).
+   */
+  startStream() {
+    const url = `${this.base}/v1/rooms/${this.room}/events`;
+    const headers = { Authorization: `Bearer ${this.#token}` };
+    let buffer = "";
+    const onText = (text) => {
+      buffer += text;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const frame = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (frame.startsWith("data: ")) this.onMessage(JSON.parse(frame.slice(6)), performance.now());
+      }
+    };
+    if (this.http === "fetch") {
+      (async () => {
+        const res = await fetch(url, { headers });
+        const decoder = new TextDecoder();
+        for await (const chunk of res.body) { if (this.#stopped) break; onText(decoder.decode(chunk, { stream: true })); }
+      })().catch(() => {});
+    } else {
+      http.get(url, { headers }, (res) => { res.setEncoding("utf8"); res.on("data", onText); }).on("error", () => {});
+    }
   }
 
   async send(to, data) {

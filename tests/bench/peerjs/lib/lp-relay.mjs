@@ -2,10 +2,11 @@
 // signalpost's API for lib/clients.mjs (join, post, long poll with a cursor), in memory, in
 // plain node:http, no validation, no store, no auth beyond "the token is the peer id".
 // It shows what HTTP long polling itself costs on this machine, apart from signalpost's
-// implementation.   node lib/lp-relay.mjs   prints "relay listening on http://127.0.0.1:PORT"
+// implementation. GET .../events is the same inbox as a server-sent-event stream (one held
+// response, one `data:` line per message), to show what a streaming receive would save.   node lib/lp-relay.mjs   prints "relay listening on http://127.0.0.1:PORT"
 import http from "node:http";
 
-const inboxes = new Map(); // peer -> { messages: [{seq, ...}], waiting: [res, after] | null }
+const inboxes = new Map(); // peer -> { messages: [{seq, ...}], waiting: [res, after] | null, stream: res | null }
 let nextPeer = 0;
 let nextSeq = 0;
 
@@ -16,6 +17,11 @@ function answer(res, status, body) {
 }
 
 function deliver(inbox) {
+  if (inbox.stream) {
+    for (const m of inbox.messages.filter((x) => x.seq > inbox.streamed)) inbox.stream.write(`data: ${JSON.stringify(m)}\n\n`);
+    inbox.streamed = inbox.messages.at(-1)?.seq ?? inbox.streamed;
+    return;
+  }
   if (!inbox.waiting) return;
   const [res, after, timer] = inbox.waiting;
   const messages = inbox.messages.filter((m) => m.seq > after);
@@ -33,7 +39,7 @@ const server = http.createServer((req, res) => {
   req.on("end", () => {
     if (req.method === "POST" && url.pathname.endsWith("/peers")) {
       const id = `p${++nextPeer}`;
-      inboxes.set(id, { messages: [], waiting: null });
+      inboxes.set(id, { messages: [], waiting: null, stream: null, streamed: 0 });
       return answer(res, 201, { peer: id, token: id, peers: [], iceServers: [], maxWait: 25 });
     }
     const inbox = inboxes.get(peer);
@@ -54,6 +60,14 @@ const server = http.createServer((req, res) => {
       if (inbox.waiting) answer(inbox.waiting[0], 200, { messages: [], cursor: String(inbox.waiting[1]) });
       const timer = setTimeout(() => { inbox.waiting = null; answer(res, 200, { messages: [], cursor: String(after) }); }, wait * 1000);
       inbox.waiting = [res, after, timer];
+      return deliver(inbox);
+    }
+    if (req.method === "GET" && url.pathname.endsWith("/events")) {
+      res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-store" });
+      res.flushHeaders();
+      inbox.stream = res;
+      req.socket.setNoDelay(true);
+      res.on("close", () => { if (inbox.stream === res) inbox.stream = null; });
       return deliver(inbox);
     }
     if (req.method === "DELETE") return res.writeHead(204).end();
