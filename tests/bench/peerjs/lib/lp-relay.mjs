@@ -12,7 +12,7 @@ let nextSeq = 0;
 
 function answer(res, status, body) {
   const text = JSON.stringify(body);
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), "Cache-Control": "no-store" });
+  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), "Cache-Control": "no-store", "Access-Control-Allow-Origin": "*" });
   res.end(text);
 }
 
@@ -33,7 +33,12 @@ function deliver(inbox) {
 
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, "http://x");
-  const peer = (req.headers.authorization ?? "").replace(/^Bearer /, "");
+  // Browsers' EventSource cannot set headers: the token may come as ?token= instead.
+  const peer = (req.headers.authorization ?? "").replace(/^Bearer /, "") || (url.searchParams.get("token") ?? "");
+  if (req.method === "OPTIONS") {
+    return res.writeHead(204, { "Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "authorization, content-type",
+      "Access-Control-Allow-Methods": "GET, POST, DELETE", "Access-Control-Max-Age": "600" }).end();
+  }
   let body = "";
   req.on("data", (c) => { body += c; });
   req.on("end", () => {
@@ -63,7 +68,7 @@ const server = http.createServer((req, res) => {
       return deliver(inbox);
     }
     if (req.method === "GET" && url.pathname.endsWith("/events")) {
-      res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-store" });
+      res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-store", "Access-Control-Allow-Origin": "*" });
       res.flushHeaders();
       inbox.stream = res;
       req.socket.setNoDelay(true);
