@@ -120,7 +120,7 @@ const PHASES = [
   ["answer in → both connected", "answerIn", "connected"],
   ["(bob's first candidate reaches alice)", null, "candidatesInAlice"], ["(alice's first candidate reaches bob)", null, "candidatesInBob"],
 ];
-const phases = { ours: [], peerjs: [] };
+const phases = { ours: [], peerjs: [], proto: [] };
 
 async function printTrace(alice, bob, which, total) {
   if (!TRACE) return;
@@ -134,7 +134,7 @@ async function printTrace(alice, bob, which, total) {
     for (const [t, who, what] of events) if (t >= -1) console.log(`  ${t.toFixed(1).padStart(7)} ms  ${who.padEnd(5)}  ${what}`);
   }
   const at = { connected: total };
-  for (const [name, [who, what]] of Object.entries(MILESTONES[which])) {
+  for (const [name, [who, what]] of Object.entries(MILESTONES[which === "proto" ? "ours" : which])) {
     at[name] = events.find(([t, w, e]) => t >= 0 && w === who && e.trim() === what.trim())?.[0] ?? NaN;
   }
   phases[which].push(Object.fromEntries(PHASES.map(([label, from, to]) => [label, at[to] - (from ? at[from] : 0)])));
@@ -143,14 +143,15 @@ async function printTrace(alice, bob, which, total) {
 function printPhases() {
   if (!TRACE) return;
   console.log("\nwhere the time goes (TRACE=1), median ms over the runs, from bob's join start\n");
-  console.log("| phase | signalpost | PeerJS |");
-  console.log("|---|---:|---:|");
+  const withProto = phases.proto.length > 0;
+  console.log(`| phase | signalpost | PeerJS |${withProto ? " prototype |" : ""}`);
+  console.log(`|---|---:|---:|${withProto ? "---:|" : ""}`);
   for (const [label] of PHASES) {
     const med = (which) => {
       const v = phases[which].map((p) => p[label]).filter((x) => !Number.isNaN(x));
       return v.length ? summarize(v).median.toFixed(1) : "–";
     };
-    console.log(`| ${label} | ${med("ours")} | ${med("peerjs")} |`);
+    console.log(`| ${label} | ${med("ours")} | ${med("peerjs")} |${withProto ? ` ${med("proto")} |` : ""}`);
   }
 }
 
@@ -189,7 +190,7 @@ function signalpostJoin(page, base, room, dataChannel) {
   }, { base, room, dataChannel });
 }
 
-async function runSignalpost(browser, base, run) {
+async function runSignalpost(browser, base, run, which = "ours") {
   const context = await browser.newContext();
   try {
     const [alice, bob] = [await signalpostPage(context, base), await signalpostPage(context, base)];
@@ -197,7 +198,7 @@ async function runSignalpost(browser, base, run) {
     await signalpostJoin(alice, base, room, DATA_CHANNEL);
     await signalpostJoin(bob, base, room, DATA_CHANNEL);
     const t = await finish(alice, bob);
-    await printTrace(alice, bob, "ours", t);
+    await printTrace(alice, bob, which, t);
     return t;
   } finally {
     await context.close();
@@ -271,23 +272,29 @@ async function finish(alice, bob) {
 // (as tests/e2e does; a binary's embedded copy can lag behind the checkout).
 const WEB_DIR = path.resolve(process.env.SIGNALPOST_WEB_DIR ?? path.join(HERE, "../../../web"));
 const sp = await startSignalpost({ SIGNALPOST_WEB_DIR: WEB_DIR });
+// PROTO_WEB_DIR: a third series, "proto", with the signalpost.js found there (a prototype of
+// a client change), served by a second signalpost server so that the two never share a store.
+const PROTO_WEB_DIR = process.env.PROTO_WEB_DIR ? path.resolve(process.env.PROTO_WEB_DIR) : null;
+const spProto = PROTO_WEB_DIR ? await startSignalpost({ SIGNALPOST_WEB_DIR: PROTO_WEB_DIR }) : null;
 const pj = await startPeerServer();
 const statics = await startStatic();
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS, timeout: 30_000,
 });
-const times = { ours: [], peerjs: [] };
+const SERIES = spProto ? ["ours", "peerjs", "proto"] : ["ours", "peerjs"];
+const times = Object.fromEntries(SERIES.map((k) => [k, []]));
+const runOne = (which, run) => (which === "peerjs" ? runPeerjs(browser, statics.url, pj.url)
+  : runSignalpost(browser, which === "proto" ? spProto.url : sp.url, run, which));
 try {
   // One unmeasured run each: the first call in a fresh browser pays one-off start-up costs.
-  await runSignalpost(browser, sp.url, 0);
-  await runPeerjs(browser, statics.url, pj.url);
-  phases.ours.length = 0;
-  phases.peerjs.length = 0;
+  for (const which of SERIES) await runOne(which, 0);
+  for (const which of SERIES) phases[which] = [];
   for (let run = 1; run <= RUNS; run++) {
-    const order = run % 2 ? ["ours", "peerjs"] : ["peerjs", "ours"];
+    // Rotate (two series: alternate) which goes first.
+    const order = SERIES.map((_, k) => SERIES[(k + run) % SERIES.length]);
     const line = [];
     for (const which of order) {
-      const t = which === "ours" ? await runSignalpost(browser, sp.url, run) : await runPeerjs(browser, statics.url, pj.url);
+      const t = await runOne(which, run);
       times[which].push(t);
       line.push(`${which} ${t.toFixed(0)} ms`);
     }
@@ -297,10 +304,11 @@ try {
   await browser.close();
   await statics.stop();
   await sp.stop();
+  await spProto?.stop();
   await pj.stop();
 }
 
-const s = { ours: summarize(times.ours), peerjs: summarize(times.peerjs) };
+const s = Object.fromEntries(SERIES.map((k) => [k, summarize(times[k])]));
 const load = os.loadavg().map((x) => x.toFixed(2)).join(" ");
 console.log(`\ncall setup (second page's join → both RTCPeerConnections connected), ${RUNS} runs each, alternated; `
   + `${os.cpus().length} CPUs, load ${load}${DATA_CHANNEL ? ", PeerMesh with data channel" : ""}\n`);
@@ -308,9 +316,14 @@ console.log("| client + server | median ms | min ms | max ms |");
 console.log("|---|---:|---:|---:|");
 console.log(`| signalpost.js PeerMesh + signalpost | ${ms(s.ours.median, 0)} | ${ms(s.ours.min, 0)} | ${ms(s.ours.max, 0)} |`);
 console.log(`| peerjs peer.call() + PeerJS server | ${ms(s.peerjs.median, 0)} | ${ms(s.peerjs.min, 0)} | ${ms(s.peerjs.max, 0)} |`);
+if (s.proto) console.log(`| prototype signalpost.js (${path.relative(process.cwd(), PROTO_WEB_DIR) || "."}) + signalpost | ${ms(s.proto.median, 0)} | ${ms(s.proto.min, 0)} | ${ms(s.proto.max, 0)} |`);
 const paired = summarize(times.ours.map((t, i) => t - times.peerjs[i]));
 console.log(`\nratio ours/PeerJS: median ${(s.ours.median / s.peerjs.median).toFixed(2)}× (target ≤ 1.1×); `
   + `paired runs, median of (ours − PeerJS): ${paired.median.toFixed(0)} ms`);
+if (s.proto) {
+  const pairedProto = summarize(times.proto.map((t, i) => t - times.ours[i]));
+  console.log(`prototype/PeerJS: median ${(s.proto.median / s.peerjs.median).toFixed(2)}×; paired runs, median of (prototype − ours): ${pairedProto.median.toFixed(0)} ms`);
+}
 printPhases();
 if (process.env.JSON) writeFileSync(process.env.JSON, JSON.stringify({ RUNS, load, times, paired, summary: s, phases }, null, 1));
 process.exit(0);
