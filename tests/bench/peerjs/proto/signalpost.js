@@ -1,0 +1,668 @@
+// signalpost.js: the browser client of the signalpost HTTP API (see API.md, "Web client").
+// An ES module with no dependencies. `SignalingChannel` joins a room, long-polls its inbox
+// and posts messages; `PeerMesh` wires one RTCPeerConnection per remote peer to a channel
+// with the perfect negotiation pattern.
+
+const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const MAX_BATCH = 50;
+// Candidates trickle out in bursts; a short pause lets a burst share one POST.
+const CANDIDATE_BATCH_DELAY_MS = 15;
+const BACKOFF_BASE_MS = 250;
+const BACKOFF_MAX_MS = 10_000;
+const SEND_MAX_ATTEMPTS = 8;
+// How long past its `wait` a poll may take before we give up on it and poll again.
+const POLL_GRACE_S = 15;
+// Enough to recognise every replay the server can produce (it returns at most 100
+// messages per poll) without growing forever on a long call.
+const SEEN_IDS_KEPT = 4096;
+const EVENT_BUFFER_MAX = 1000;
+// Event types held back until their first listener is attached (see #emit).
+const BUFFERED_TYPES = ["message", "peer-joined", "peer-left"];
+
+let activePolls = 0;
+
+/** An HTTP failure the client gives up on, with the problem document's stable code. */
+export class SignalingError extends Error {
+  constructor(status, code, detail) {
+    super(`signalpost: ${status} ${code}${detail ? `: ${detail}` : ""}`);
+    this.name = "SignalingError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const sleep = (ms, signal) =>
+  new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+
+/** Exponential backoff with jitter; a server's Retry-After is a floor, never shortened. */
+function retryDelay(attempt, retryAfterHeader) {
+  const exp = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
+  // "Equal jitter": never less than half the step, so clients spread without hammering.
+  const jittered = exp / 2 + Math.random() * (exp / 2);
+  const retryAfter = parseRetryAfter(retryAfterHeader);
+  if (retryAfter === null) return jittered;
+  // A little jitter on top so a crowd told "1 s" does not return in the same millisecond,
+  // and still the growing step if that is longer (a server repeating "1 s" under load).
+  return Math.max(retryAfter + Math.random() * Math.min(250, retryAfter / 4 + 50), jittered);
+}
+
+function parseRetryAfter(value) {
+  if (!value) return null;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, date - Date.now());
+}
+
+const RETRYABLE = new Set([429, 500, 502, 503, 504]);
+
+function randomId(length) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  const bytes = crypto.getRandomValues(new Uint8Array(length));
+  return Array.from(bytes, (b) => alphabet[b % alphabet.length]).join("");
+}
+
+async function problemOf(response) {
+  try {
+    const body = await response.json();
+    const code = String(body.type ?? "").replace(/^urn:signalpost:/, "") || "http-error";
+    return new SignalingError(response.status, code, body.detail ?? body.title);
+  } catch {
+    return new SignalingError(response.status, "http-error");
+  }
+}
+
+/**
+ * A peer's membership of one room: join with `SignalingChannel.join`, then listen for
+ * `message` (every polled message), `peer-joined` and `peer-left` events, whose `data` is
+ * the message object as polled. Also dispatches `rejoin` (after a 410 the channel joined
+ * again under a new peer id; `detail.previousPeer`), `error` (`detail` a SignalingError
+ * the poll loop cannot get past) and `close`.
+ */
+export class SignalingChannel extends EventTarget {
+  #base; #room; #options; #fetch;
+  #token = null; #cursor = null;
+  #seen = new Set(); #seenOrder = [];
+  #initialPeers = new Set(); #formerSelves = new Set();
+  #buffers = new Map(BUFFERED_TYPES.map((t) => [t, []]));
+  #live = new Set(); #flushing = new Set();
+  #onmessageFn = null;
+  #outbox = []; #flushTimer = null; #sending = false;
+  #msgCounter = 0; #clientPrefix = randomId(8);
+  #abort = new AbortController();
+  #rejoining = null;
+  #closed = false; #polling = false; #hidden = false;
+  #onPageHide = (event) => this.#pageHide(event);
+  #onPageShow = (event) => this.#pageShow(event);
+
+  /** The server-minted id of this peer (changes if the channel has to rejoin). */
+  peer = null;
+  /** Whether the server made this peer polite toward the peers already in the room. */
+  polite = false;
+  /** Peers in the room when this peer joined: `[{peer, name}]`. */
+  peers = [];
+  /** RTCIceServer entries for `new RTCPeerConnection({iceServers})`. */
+  iceServers = [];
+  expiresAt = null;
+  maxWait = 20;
+
+  /**
+   * Join `room` on the server at `baseUrl` and start long-polling.
+   * options: `name`, `joinToken`, `fetch` (a replacement for the global fetch),
+   * `wait` (long-poll seconds, capped by the server's maxWait), `leaveOnPageHide` (default true).
+   */
+  static async join(baseUrl, room, options = {}) {
+    if (!ID_RE.test(room)) throw new TypeError(`signalpost: bad room name ${JSON.stringify(room)}`);
+    const channel = new SignalingChannel(baseUrl, room, options);
+    await channel.#join();
+    channel.#startPolling();
+    return channel;
+  }
+
+  constructor(baseUrl, room, options) {
+    super();
+    this.#base = String(baseUrl).replace(/\/+$/, "");
+    this.#room = room;
+    this.#options = options;
+    this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+    if (options.leaveOnPageHide !== false && typeof window !== "undefined") {
+      window.addEventListener("pagehide", this.#onPageHide);
+      window.addEventListener("pageshow", this.#onPageShow);
+    }
+  }
+
+  get room() { return this.#room; }
+  get closed() { return this.#closed; }
+
+  /**
+   * The politeness rule of the contract, per remote peer: polite toward the peers that
+   * were in the room when this peer joined, impolite toward every later one.
+   */
+  isPolite(remotePeer) { return this.#initialPeers.has(remotePeer); }
+
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+    if (listener && this.#buffers.has(type) && !this.#live.has(type) && !this.#flushing.has(type)) {
+      this.#goLive(type);
+    }
+  }
+
+  /** `onmessage` as a convenience; assigning it counts as attaching a listener. */
+  set onmessage(fn) {
+    if (this.#onmessageFn) super.removeEventListener("message", this.#onmessageFn);
+    this.#onmessageFn = typeof fn === "function" ? fn : null;
+    if (this.#onmessageFn) this.addEventListener("message", this.#onmessageFn);
+  }
+  get onmessage() { return this.#onmessageFn; }
+
+  /**
+   * Post one message `{to, type, data, id?}`; resolves with the server's id. Messages are
+   * posted in call order; candidates sent close together share one batch request. An `id`
+   * is added when missing so that retries are idempotent.
+   */
+  send(message) {
+    if (this.#closed) return Promise.reject(new SignalingError(0, "closed", "channel is closed"));
+    const msg = { ...message };
+    if (msg.id === undefined) msg.id = `${this.#clientPrefix}-${++this.#msgCounter}`;
+    else if (!ID_RE.test(msg.id)) return Promise.reject(new TypeError("signalpost: bad message id"));
+    return new Promise((resolve, reject) => {
+      this.#outbox.push({ msg, resolve, reject });
+      this.#scheduleFlush(msg.type === "candidate" ? CANDIDATE_BATCH_DELAY_MS : 0);
+    });
+  }
+
+  /** Fresh TURN credentials from `GET /v1/ice-servers`; also updates `iceServers`. */
+  async refreshIceServers() {
+    const body = await this.#request("GET", "/v1/ice-servers", undefined, { retries: 3 });
+    this.iceServers = body.iceServers ?? [];
+    return this.iceServers;
+  }
+
+  /** Leave the room: stops polling, waits briefly for queued posts, then DELETEs the peer. */
+  async close() {
+    if (this.#closed) return;
+    const deadline = Date.now() + 2000;
+    while ((this.#outbox.length || this.#sending) && Date.now() < deadline) await sleep(20);
+    this.#shutdown();
+    try {
+      const res = await this.#fetch(this.#url(`/v1/rooms/${this.#room}/peers/${this.peer}`), {
+        method: "DELETE", headers: { Authorization: `Bearer ${this.#token}` },
+      });
+      if (!res.ok && res.status !== 410) throw await problemOf(res);
+    } finally {
+      this.dispatchEvent(new Event("close"));
+    }
+  }
+
+  // ---- joining ----
+
+  async #join() {
+    const body = {};
+    if (this.#options.name !== undefined) body.name = this.#options.name;
+    if (this.#options.joinToken !== undefined) body.joinToken = this.#options.joinToken;
+    const joined = await this.#request("POST", `/v1/rooms/${this.#room}/peers`, body,
+      { auth: false, retries: SEND_MAX_ATTEMPTS });
+    this.peer = joined.peer;
+    this.#token = joined.token;
+    this.expiresAt = joined.expiresAt;
+    this.polite = Boolean(joined.polite);
+    // After a rejoin our own former id can still be listed (the server has not timed it
+    // out yet): it is not someone to call.
+    this.peers = (joined.peers ?? []).filter((p) => !this.#formerSelves.has(p.peer));
+    this.iceServers = joined.iceServers ?? [];
+    this.maxWait = joined.maxWait ?? 20;
+    this.#initialPeers = new Set(this.peers.map((p) => p.peer));
+    // A new peer id has a new inbox: the old cursor means nothing there.
+    this.#cursor = null;
+  }
+
+  /** Join again after 410 (peer gone) or 401 (token expired); one rejoin at a time. */
+  #rejoin() {
+    this.#rejoining ??= (async () => {
+      const previousPeer = this.peer;
+      const previousToken = this.#token;
+      this.#formerSelves.add(previousPeer);
+      let attempt = 0;
+      while (!this.#closed) {
+        try {
+          await this.#join();
+          // If the old id is in fact still present (a 410 from a confused proxy, or a page
+          // back from the bfcache), leaving it now spares the others a ghost until timeout.
+          this.#fetch(this.#url(`/v1/rooms/${this.#room}/peers/${previousPeer}`), {
+            method: "DELETE", headers: { Authorization: `Bearer ${previousToken}` },
+          }).catch(() => {});
+          this.dispatchEvent(new CustomEvent("rejoin", { detail: { previousPeer, peer: this.peer } }));
+          return true;
+        } catch (err) {
+          // Room full or a bad join token will not fix itself: report and stop.
+          if (err instanceof SignalingError && !RETRYABLE.has(err.status)) {
+            this.#fail(err);
+            return false;
+          }
+          await sleep(retryDelay(attempt++), this.#abort.signal);
+        }
+      }
+      return false;
+    })().finally(() => { this.#rejoining = null; });
+    return this.#rejoining;
+  }
+
+  // ---- receiving ----
+
+  #startPolling() {
+    if (this.#polling || this.#closed) return;
+    this.#polling = true;
+    this.#pollLoop().finally(() => { this.#polling = false; });
+  }
+
+  async #pollLoop() {
+    if (++activePolls > 1) {
+      // Browsers allow six connections per origin; every held poll takes one for ~25 s.
+      console.warn("signalpost: more than one channel is polling in this page");
+    }
+    try {
+      let attempt = 0;
+      while (!this.#closed && !this.#hidden) {
+        let result;
+        try {
+          result = await this.#pollOnce();
+        } catch {
+          if (this.#closed || this.#hidden) return;
+          await sleep(retryDelay(attempt++), this.#abort.signal);
+          continue;
+        }
+        const { status, body, retryAfter } = result;
+        if (status === 200) {
+          attempt = 0;
+          for (const message of body.messages ?? []) this.#receive(message);
+          if (body.cursor) this.#cursor = body.cursor;
+        } else if (status === 410 || status === 401) {
+          if (!(await this.#rejoin())) return;
+        } else if (RETRYABLE.has(status)) {
+          await sleep(retryDelay(attempt++, retryAfter), this.#abort.signal);
+        } else {
+          this.#fail(body);
+          return;
+        }
+      }
+    } finally {
+      activePolls--;
+    }
+  }
+
+  /**
+   * One long poll. A deadline a little past `wait` guards against a proxy that holds the
+   * request forever: the loop must always come round again.
+   */
+  async #pollOnce() {
+    const wait = Math.min(this.#options.wait ?? this.maxWait, this.maxWait);
+    const after = this.#cursor ? `&after=${encodeURIComponent(this.#cursor)}` : "";
+    const controller = new AbortController();
+    const stop = () => controller.abort();
+    const outer = this.#abort.signal;
+    outer.addEventListener("abort", stop, { once: true });
+    const deadline = setTimeout(stop, (wait + POLL_GRACE_S) * 1000);
+    try {
+      const response = await this.#fetch(this.#url(`/v1/rooms/${this.#room}/messages?wait=${wait}${after}`), {
+        headers: { Authorization: `Bearer ${this.#token}` }, cache: "no-store", signal: controller.signal,
+      });
+      if (response.ok) return { status: 200, body: await response.json() };
+      const retryAfter = response.headers.get("Retry-After");
+      return { status: response.status, retryAfter, body: await problemOf(response) };
+    } finally {
+      clearTimeout(deadline);
+      outer.removeEventListener("abort", stop);
+    }
+  }
+
+  #receive(message) {
+    if (!message || this.#seen.has(message.id)) return;
+    this.#seen.add(message.id);
+    this.#seenOrder.push(message.id);
+    if (this.#seenOrder.length > SEEN_IDS_KEPT) this.#seen.delete(this.#seenOrder.shift());
+    this.#emit("message", message);
+    if (message.type === "peer-joined" || message.type === "peer-left") this.#emit(message.type, message);
+  }
+
+  /**
+   * Events of a buffered type are held until that type's first listener is attached, so
+   * a listener added a little after `join` resolves still sees everything from the start.
+   */
+  #emit(type, message) {
+    if (this.#live.has(type)) {
+      this.dispatchEvent(new MessageEvent(type, { data: message }));
+      return;
+    }
+    const buffer = this.#buffers.get(type);
+    if (buffer.length < EVENT_BUFFER_MAX) buffer.push(message);
+  }
+
+  #goLive(type) {
+    // Flush in a microtask, so listeners attached in the same turn all see the backlog;
+    // anything arriving before the flush runs queues behind the backlog, keeping order.
+    this.#flushing.add(type);
+    queueMicrotask(() => {
+      const buffer = this.#buffers.get(type);
+      while (buffer.length) this.dispatchEvent(new MessageEvent(type, { data: buffer.shift() }));
+      this.#flushing.delete(type);
+      this.#live.add(type);
+    });
+  }
+
+  // ---- sending ----
+
+  #scheduleFlush(delay) {
+    if (this.#sending) return; // the running flush picks the queue up when it finishes
+    if (this.#flushTimer !== null) {
+      if (delay > 0) return;
+      clearTimeout(this.#flushTimer);
+    }
+    this.#flushTimer = setTimeout(() => { this.#flushTimer = null; this.#flush(); }, delay);
+  }
+
+  /** One POST in flight at a time keeps the server's view of our order equal to call order. */
+  async #flush() {
+    if (this.#sending) return;
+    this.#sending = true;
+    try {
+      while (this.#outbox.length && !this.#closed) {
+        const batch = this.#outbox.splice(0, MAX_BATCH);
+        await this.#postBatch(batch);
+      }
+    } finally {
+      this.#sending = false;
+    }
+  }
+
+  async #postBatch(batch) {
+    const body = batch.length === 1 ? batch[0].msg : { messages: batch.map((b) => b.msg) };
+    try {
+      const result = await this.#request("POST", `/v1/rooms/${this.#room}/messages`, body,
+        { retries: SEND_MAX_ATTEMPTS, rejoinOnGone: true });
+      batch.forEach((b, i) => b.resolve(result.ids?.[i]));
+    } catch (err) {
+      // A batch is all-or-nothing: one bad message (or a recipient that left) must not
+      // sink the others, so split and let each succeed or fail alone.
+      if (batch.length > 1 && err instanceof SignalingError && [400, 404, 413].includes(err.status)) {
+        for (const one of batch) await this.#postBatch([one]);
+      } else {
+        batch.forEach((b) => b.reject(err));
+      }
+    }
+  }
+
+  // ---- plumbing ----
+
+  #url(path) { return `${this.#base}${path}`; }
+
+  /** A JSON request with retries on network errors, 429, 503 and other 5xx. */
+  async #request(method, path, body, { auth = true, retries = 0, rejoinOnGone = false } = {}) {
+    for (let attempt = 0; ; attempt++) {
+      const headers = {};
+      if (auth) headers.Authorization = `Bearer ${this.#token}`;
+      if (body !== undefined) headers["Content-Type"] = "application/json";
+      let response;
+      try {
+        response = await this.#fetch(this.#url(path), {
+          method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
+        });
+      } catch (err) {
+        if (attempt >= retries || this.#closed) throw err;
+        await sleep(retryDelay(attempt), this.#abort.signal);
+        continue;
+      }
+      if (response.ok) return response.status === 204 ? null : response.json();
+      if (rejoinOnGone && (response.status === 410 || response.status === 401) && attempt < retries) {
+        if (await this.#rejoin()) continue;
+      }
+      if (RETRYABLE.has(response.status) && attempt < retries && !this.#closed) {
+        await sleep(retryDelay(attempt, response.headers.get("Retry-After")), this.#abort.signal);
+        continue;
+      }
+      throw await problemOf(response);
+    }
+  }
+
+  #fail(err) {
+    this.dispatchEvent(new CustomEvent("error", { detail: err }));
+  }
+
+  #shutdown() {
+    this.#closed = true;
+    this.#abort.abort();
+    clearTimeout(this.#flushTimer);
+    for (const { reject } of this.#outbox.splice(0)) reject(new SignalingError(0, "closed", "channel is closed"));
+    if (typeof window !== "undefined") {
+      window.removeEventListener("pagehide", this.#onPageHide);
+      window.removeEventListener("pageshow", this.#onPageShow);
+    }
+  }
+
+  /** The page is going away (or into the back/forward cache): leave without waiting. */
+  #pageHide() {
+    if (this.#closed || !this.#token) return;
+    // sendBeacon cannot set headers, hence the token in the body; a string is sent as
+    // text/plain, which also avoids a CORS preflight the unloading page could not wait for.
+    navigator.sendBeacon(this.#url(`/v1/rooms/${this.#room}/peers/${this.peer}/leave`),
+      JSON.stringify({ token: this.#token }));
+    this.#hidden = true;
+    this.#abort.abort();
+    this.#abort = new AbortController();
+  }
+
+  /** Back from the back/forward cache: we left on the way out, so join again. */
+  #pageShow(event) {
+    if (!event.persisted || !this.#hidden || this.#closed) return;
+    this.#hidden = false;
+    this.#rejoin().then(() => this.#startPolling());
+  }
+}
+
+/**
+ * One RTCPeerConnection toward one remote peer, negotiated over a SignalingChannel with
+ * the perfect negotiation pattern. Usually created by PeerMesh.
+ */
+export class PeerLink extends EventTarget {
+  #channel; #makingOffer = false; #ignoreOffer = false; #answerPending = false;
+  #pendingCandidates = []; #queue = Promise.resolve(); #restartTimer = null;
+
+  constructor(channel, remotePeer, { polite = channel.isPolite(remotePeer), rtcConfig = {},
+    localStream = null, dataChannel = "data", name = null } = {}) {
+    super();
+    this.#channel = channel;
+    this.peer = remotePeer;
+    this.name = name;
+    this.polite = polite;
+    this.pc = new RTCPeerConnection({ iceServers: channel.iceServers, ...rtcConfig });
+    // Negotiated (id 0) so both sides create "the same" channel without an extra round.
+    this.dataChannel = dataChannel === null ? null
+      : this.pc.createDataChannel(dataChannel, { negotiated: true, id: 0 });
+    for (const track of localStream?.getTracks() ?? []) this.pc.addTrack(track, localStream);
+
+    this.pc.onnegotiationneeded = () => this.#negotiate();
+    this.pc.onicecandidate = ({ candidate }) => {
+      // The null "end of candidates" is not needed by browsers; not sending it saves a post.
+      if (candidate && candidate.candidate) this.#send("candidate", candidate.toJSON());
+    };
+    this.pc.onconnectionstatechange = () => this.#onConnectionState();
+  }
+
+  get state() { return this.pc.connectionState; }
+
+  /** Feed one signalling message from this remote peer; handled strictly in arrival order. */
+  handle(message) {
+    this.#queue = this.#queue.then(() => this.#handle(message)).catch((err) => {
+      this.dispatchEvent(new CustomEvent("error", { detail: err }));
+    });
+    return this.#queue;
+  }
+
+  restartIce() { this.pc.restartIce(); }
+
+  close() {
+    clearTimeout(this.#restartTimer);
+    this.pc.close();
+    this.dispatchEvent(new Event("close"));
+  }
+
+  async #negotiate() {
+    try {
+      this.#makingOffer = true;
+      await this.pc.setLocalDescription();
+      await this.#send(this.pc.localDescription.type, this.pc.localDescription.toJSON());
+    } catch (err) {
+      this.dispatchEvent(new CustomEvent("error", { detail: err }));
+    } finally {
+      this.#makingOffer = false;
+    }
+  }
+
+  async #handle({ type, data }) {
+    if (this.pc.signalingState === "closed") return;
+    if (type === "offer" || type === "answer") {
+      const readyForOffer = !this.#makingOffer
+        && (this.pc.signalingState === "stable" || this.#answerPending);
+      const collision = type === "offer" && !readyForOffer;
+      this.#ignoreOffer = !this.polite && collision;
+      if (this.#ignoreOffer) return;
+      this.#answerPending = type === "answer";
+      // On a collision the polite side rolls its own offer back implicitly here.
+      await this.pc.setRemoteDescription(data);
+      this.#answerPending = false;
+      for (const c of this.#pendingCandidates.splice(0)) await this.#addCandidate(c);
+      if (type === "offer") {
+        await this.pc.setLocalDescription();
+        // PROTOTYPE (bench/peerjs): do not hold the queue until the answer's POST is
+        // acknowledged. The channel posts in call order anyway, and waiting here delays
+        // adding the offerer's candidates (so the start of ICE checks) by one POST round trip.
+        this.#send("answer", this.pc.localDescription.toJSON());
+      }
+    } else if (type === "candidate") {
+      // Candidates can overtake nothing (delivery is ordered) but a rollback or a pending
+      // offer can leave us without a remote description: hold them until there is one.
+      if (!this.pc.remoteDescription) this.#pendingCandidates.push(data);
+      else await this.#addCandidate(data);
+    } else if (type === "bye") {
+      this.close();
+    }
+  }
+
+  async #addCandidate(candidate) {
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (err) {
+      // Candidates of an offer we ignored (impolite side of a glare) are expected to fail.
+      if (!this.#ignoreOffer) throw err;
+    }
+  }
+
+  #onConnectionState() {
+    const state = this.pc.connectionState;
+    clearTimeout(this.#restartTimer);
+    if (state === "failed") {
+      this.restartIce();
+    } else if (state === "disconnected") {
+      // "disconnected" often heals by itself; restart only if it lingers.
+      this.#restartTimer = setTimeout(() => {
+        if (this.pc.connectionState === "disconnected") this.restartIce();
+      }, 4000);
+    }
+    this.dispatchEvent(new Event("statechange"));
+  }
+
+  #send(type, data) {
+    return this.#channel.send({ to: this.peer, type, data }).catch((err) => {
+      this.dispatchEvent(new CustomEvent("error", { detail: err }));
+    });
+  }
+}
+
+/**
+ * A full mesh over one channel: a PeerLink per remote peer. The newcomer calls every peer
+ * already in the room (from the join response); peers joining later call us, and their
+ * first offer creates our link. Dispatches `link` (detail: the new PeerLink), `track`
+ * (detail: {link, track, streams}), `statechange` (detail: link) and `linkclosed`.
+ */
+export class PeerMesh extends EventTarget {
+  #channel; #options; #names = new Map();
+  /** @type {Map<string, PeerLink>} */
+  links = new Map();
+
+  /** options: `localStream`, `rtcConfig`, `dataChannel` (label or null), `autoConnect` (default true). */
+  constructor(channel, options = {}) {
+    super();
+    this.#channel = channel;
+    this.#options = options;
+    channel.addEventListener("message", (event) => this.#onMessage(event.data));
+    channel.addEventListener("rejoin", () => this.#onRejoin());
+    channel.addEventListener("close", () => this.close());
+    this.#rememberNames(channel.peers);
+    // In a microtask, so `link` listeners attached right after construction see these links.
+    if (options.autoConnect !== false) queueMicrotask(() => this.#connectAll());
+  }
+
+  /** Start (or return) the link toward `remotePeer`; adding the tracks starts an offer. */
+  connect(remotePeer) {
+    return this.links.get(remotePeer) ?? this.#createLink(remotePeer);
+  }
+
+  close() {
+    for (const link of [...this.links.values()]) link.close();
+  }
+
+  #createLink(remotePeer) {
+    const link = new PeerLink(this.#channel, remotePeer, {
+      localStream: this.#options.localStream,
+      rtcConfig: this.#options.rtcConfig,
+      dataChannel: this.#options.dataChannel === undefined ? "data" : this.#options.dataChannel,
+      name: this.#names.get(remotePeer) ?? null,
+    });
+    this.links.set(remotePeer, link);
+    link.pc.addEventListener("track", ({ track, streams }) =>
+      this.dispatchEvent(new CustomEvent("track", { detail: { link, track, streams } })));
+    link.addEventListener("statechange", () =>
+      this.dispatchEvent(new CustomEvent("statechange", { detail: link })));
+    link.addEventListener("close", () => {
+      if (this.links.get(remotePeer) === link) this.links.delete(remotePeer);
+      this.dispatchEvent(new CustomEvent("linkclosed", { detail: link }));
+    });
+    this.dispatchEvent(new CustomEvent("link", { detail: link }));
+    return link;
+  }
+
+  #rememberNames(peers) {
+    for (const p of peers) if (p.name) this.#names.set(p.peer, p.name);
+  }
+
+  #onMessage(message) {
+    const { from, type } = message;
+    if (type === "peer-joined") {
+      if (message.data?.name) this.#names.set(from, message.data.name);
+      return;
+    }
+    if (type === "peer-left") {
+      this.links.get(from)?.close();
+      return;
+    }
+    if (!["offer", "answer", "candidate", "bye"].includes(type)) return;
+    let link = this.links.get(from);
+    // Only an offer may open a link (delivery is in sender order, so a call's candidates
+    // come after its offer); a stray candidate, answer or bye for a link we already closed
+    // must not resurrect it, or it would start calling a peer that hung up.
+    if (!link && type === "offer") link = this.#createLink(from);
+    link?.handle(message);
+  }
+
+  #onRejoin() {
+    // A new peer id: every remote sees us as a newcomer, so start over as one.
+    this.close();
+    this.#rememberNames(this.#channel.peers);
+    if (this.#options.autoConnect !== false) this.#connectAll();
+  }
+
+  #connectAll() {
+    for (const p of this.#channel.peers) if (!this.#channel.closed) this.connect(p.peer);
+  }
+}
