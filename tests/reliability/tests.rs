@@ -17,7 +17,12 @@ use crate::support::{SECRET, Server, Stop};
 
 /// Serves the whole API in this process over `store`, on a free loopback port.
 async fn serve_in_process(store: Arc<dyn Store>) -> String {
-    let vars: HashMap<&str, &str> = HashMap::from([("SIGNALPOST_SECRET", SECRET)]);
+    // The scenario's caller polls only once it has sent everything; on a slow local DynamoDB
+    // with injected faults that can take longer than the default 60 s presence timeout.
+    let vars: HashMap<&str, &str> = HashMap::from([
+        ("SIGNALPOST_SECRET", SECRET),
+        ("SIGNALPOST_PRESENCE_TIMEOUT", "600"),
+    ]);
     let config = Config::from_lookup(Deployment::Standalone, |name| {
         vars.get(name).map(|value| (*value).to_owned())
     })
@@ -81,5 +86,130 @@ async fn a_server_killed_mid_run_loses_nothing_it_accepted() {
     assert!(
         outcome.retries > 0,
         "clients noticed the kills: {outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_failures_cost_retries_not_messages() {
+    let Ok(endpoint) = std::env::var("SIGNALPOST_TEST_DYNAMODB_ENDPOINT") else {
+        panic!("SIGNALPOST_TEST_DYNAMODB_ENDPOINT is not set: run through tests/with-moto.sh");
+    };
+    assert!(
+        endpoint.starts_with("http://127.0.0.1"),
+        "loopback only: {endpoint}"
+    );
+    let table = format!(
+        "reliability-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let dynamo = signalpost_shared::store::dynamo::DynamoStore::connect(table)
+        .await
+        .expect("endpoint");
+    dynamo.create_table().await.expect("table");
+    let store = Arc::new(FaultyStore::new(
+        Arc::new(dynamo),
+        FaultPlan {
+            fail_before_every: 19,
+            fail_after_every: 23,
+            stall_every: 151,
+        },
+    ));
+    let base = serve_in_process(Arc::clone(&store) as Arc<dyn Store>).await;
+    let outcome = run_rooms(&base, 12, 0).await;
+    assert!(
+        store.injected.load(Ordering::Relaxed) > 20,
+        "the faults really happened"
+    );
+    assert!(
+        outcome.retries > 5,
+        "clients saw 503s and retried: {outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_times_out_and_its_inbox_stops_growing() {
+    let server = Server::start_with(&[
+        ("SIGNALPOST_MAX_WAIT", "1"),
+        ("SIGNALPOST_PRESENCE_TIMEOUT", "6"),
+    ]);
+    let room = crate::support::room();
+    let mut talker = crate::support::join(&server, &room, "talker").await;
+    let silent = crate::support::join(&server, &room, "silent").await;
+    let to_silent =
+        serde_json::json!({"to": silent.id, "type": "message", "data": "are you there?"});
+    assert_eq!(talker.post(&to_silent).await.status(), 202);
+    talker.collect("peer-left", 1).await;
+    let response = talker.post(&to_silent).await;
+    assert_eq!(
+        response.status(),
+        404,
+        "nothing more is stored for a peer that timed out"
+    );
+    assert_eq!(silent.poll_raw("wait=0").await.status(), 410);
+}
+
+/// Resident memory (kB) and open files of a process, from /proc.
+fn process_figures(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    (rss, files)
+}
+
+fn database_bytes(directory: &std::path::Path) -> u64 {
+    std::fs::read_dir(directory)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_keeps_memory_files_and_the_database_flat() {
+    // Steady traffic for a minute: wave after wave of rooms negotiate and leave, with a short
+    // message TTL, so expiry and clean-up must keep up for the figures to stay flat.
+    let server = Server::start_with(&[("SIGNALPOST_MESSAGE_TTL", "10")]);
+    let started = std::time::Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        run_rooms(&server.base, 20, 0).await;
+        let (rss, files) = process_figures(server.pid());
+        samples.push((
+            started.elapsed().as_secs(),
+            rss,
+            files,
+            database_bytes(server.directory()),
+        ));
+    }
+    for (seconds, rss, files, bytes) in &samples {
+        println!("soak t={seconds:>3}s rss={rss} kB open files={files} database={bytes} bytes");
+    }
+    assert!(
+        samples.len() >= 6,
+        "enough waves to judge: {}",
+        samples.len()
+    );
+    let third = samples.len() / 3;
+    let peak = |range: &[(u64, u64, usize, u64)], pick: fn(&(u64, u64, usize, u64)) -> u64| {
+        range.iter().map(pick).max().unwrap_or(0)
+    };
+    let (early, late) = (&samples[third..2 * third], &samples[2 * third..]);
+    let rss = (peak(early, |s| s.1), peak(late, |s| s.1));
+    let files = (peak(early, |s| s.2 as u64), peak(late, |s| s.2 as u64));
+    let bytes = (peak(early, |s| s.3), peak(late, |s| s.3));
+    assert!(
+        rss.1 <= rss.0 * 5 / 4 + 2048,
+        "memory keeps growing: {rss:?}"
+    );
+    assert!(files.1 <= files.0 + 8, "open files keep growing: {files:?}");
+    assert!(
+        bytes.1 <= bytes.0 * 3 / 2 + 65_536,
+        "the database keeps growing: {bytes:?}"
     );
 }

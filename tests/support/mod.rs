@@ -143,6 +143,16 @@ impl Server {
         self.spawn();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The directory holding its SQLite file.
+    pub fn directory(&self) -> &std::path::Path {
+        self.directory.path()
+    }
+
     /// The full URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
