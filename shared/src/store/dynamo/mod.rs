@@ -519,19 +519,10 @@ impl DynamoStore {
                 timing.expires_at,
                 &allocation.entries,
             );
-            self.count_write(1);
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
-                .await;
-            return match result {
-                Ok(_) => Ok(()),
-                Err(error) if condition_failed(&error) => Err(CommitError::Conflict),
-                Err(error) => Err(CommitError::Store(unavailable(error))),
+            return match self.put_if_absent(item).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(CommitError::Conflict),
+                Err(error) => Err(CommitError::Store(error)),
             };
         }
         let mut transaction = Vec::new();
@@ -622,23 +613,28 @@ impl DynamoStore {
                 allocation.last(),
                 timing.expires_at.max(timing.now + TOMBSTONE_MIN_LIFE_MS),
             );
-            self.count_write(1);
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
-                .await;
-            if let Err(error) = result
-                && !condition_failed(&error)
-            {
-                tracing::debug!(
-                    error = %aws_sdk_dynamodb::error::DisplayErrorContext(&error),
-                    "could not tombstone an abandoned allocation"
-                );
+            if let Err(error) = self.put_if_absent(item).await {
+                tracing::debug!(%error, "could not tombstone an abandoned allocation");
             }
+        }
+    }
+
+    /// Puts `item` unless an item with its key exists (a reader's tombstone, or a commit that
+    /// already happened): `Ok(false)` then.
+    async fn put_if_absent(&self, item: Item) -> Result<bool, StoreError> {
+        self.count_write(1);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if condition_failed(&error) => Ok(false),
+            Err(error) => Err(unavailable(error)),
         }
     }
 
