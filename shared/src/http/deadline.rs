@@ -1,0 +1,80 @@
+//! A deadline on the whole request body, against clients that send their headers and then
+//! trickle the body (slowloris): each such request would otherwise hold a connection and a
+//! task for as long as the client likes.
+//!
+//! tower-http's `RequestBodyTimeoutLayer` is not enough here: its timeout restarts with every
+//! chunk, so one byte every few seconds never trips it. This deadline runs from the moment
+//! the request reaches the router (its headers are in) to the end of the body, and a body
+//! still incomplete then fails to read, which the handlers answer with `400`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use http_body::{Frame, SizeHint};
+use thiserror::Error;
+use tokio::time::{Sleep, sleep};
+
+/// How long a client has to send its whole body (at most 64 KiB, so even a slow mobile link
+/// needs well under a second).
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The error a body read fails with once the deadline has passed.
+#[derive(Debug, Error)]
+#[error("the request body did not arrive within {} seconds", .0.as_secs())]
+pub struct BodyTooSlow(Duration);
+
+/// Whether a body-read error, anywhere in its source chain, is a missed deadline.
+pub fn is_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<BodyTooSlow>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// Wraps the request's body so that reading it fails after [`BODY_DEADLINE`]; a middleware
+/// for `axum::middleware::map_request`.
+pub async fn body_deadline(request: Request) -> Request {
+    request.map(|body| {
+        Body::new(DeadlineBody {
+            body,
+            deadline: Box::pin(sleep(BODY_DEADLINE)),
+        })
+    })
+}
+
+struct DeadlineBody {
+    body: Body,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTooSlow(BODY_DEADLINE)))));
+        }
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
