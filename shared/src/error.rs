@@ -133,9 +133,7 @@ impl From<StoreError> for ApiError {
                 retry_after: 2,
             },
             StoreError::RateLimited { retry_after } => Self::RateLimited {
-                detail: format!(
-                    "this peer is posting too fast: post again in {retry_after} s"
-                ),
+                detail: format!("this peer is posting too fast: post again in {retry_after} s"),
                 retry_after,
             },
             StoreError::Unavailable(source) => {

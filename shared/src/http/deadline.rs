@@ -6,6 +6,10 @@
 //! chunk, so one byte every few seconds never trips it. This deadline runs from the moment
 //! the request reaches the router (its headers are in) to the end of the body, and a body
 //! still incomplete then fails to read, which the handlers answer with `400`.
+//!
+//! A declared `Content-Length` over the limit is refused here at once (`413`): the body limit
+//! itself only counts bytes as they arrive, so such a request would otherwise be read until
+//! the deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,9 +18,13 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
+use axum::http::header;
 use http_body::{Frame, SizeHint};
 use thiserror::Error;
 use tokio::time::{Sleep, sleep};
+
+use super::MAX_BODY_BYTES;
+use crate::error::ApiError;
 
 /// How long a client has to send its whole body (at most 64 KiB, so even a slow mobile link
 /// needs well under a second).
@@ -39,15 +47,26 @@ pub fn is_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Wraps the request's body so that reading it fails after [`BODY_DEADLINE`]; a middleware
-/// for `axum::middleware::map_request`.
-pub async fn body_deadline(request: Request) -> Request {
-    request.map(|body| {
+/// Refuses a declared body over [`MAX_BODY_BYTES`], and wraps the body so that reading it
+/// fails after [`BODY_DEADLINE`]; a middleware for `axum::middleware::map_request`.
+pub async fn body_deadline(request: Request) -> Result<Request, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "request bodies are limited to {} KiB",
+            MAX_BODY_BYTES / 1024
+        )));
+    }
+    Ok(request.map(|body| {
         Body::new(DeadlineBody {
             body,
             deadline: Box::pin(sleep(BODY_DEADLINE)),
         })
-    })
+    }))
 }
 
 struct DeadlineBody {

@@ -704,7 +704,9 @@ pub async fn rate_limit_counts_each_members_posts_per_window(store: Arc<dyn Stor
     post(&alice, &bob, "a4", 10_000)
         .await
         .expect("a new window opens when the last one ends");
-    post(&alice, &bob, "a5", 10_001).await.expect("within the new window");
+    post(&alice, &bob, "a5", 10_001)
+        .await
+        .expect("within the new window");
     let inbox = read_all(&*store, &room, &bob).await;
     assert_eq!(
         texts(&inbox, MessageKind::Message),

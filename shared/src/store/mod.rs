@@ -102,7 +102,9 @@ impl RateLimit {
     /// Whole seconds until a window that opened at `window_start` ends, at least 1: the
     /// `Retry-After` of a refused post.
     pub fn retry_after(self, window_start: Millis, now: Millis) -> u64 {
-        let remaining = window_start.saturating_add(self.window_ms).saturating_sub(now);
+        let remaining = window_start
+            .saturating_add(self.window_ms)
+            .saturating_sub(now);
         u64::try_from(remaining).map_or(1, |millis| millis.div_ceil(1000).max(1))
     }
 }

@@ -661,7 +661,10 @@ mod tests {
                 "    rate_count INTEGER NOT NULL DEFAULT 0,  -- posts it made in that window\n",
                 "",
             );
-        assert!(!old_schema.contains("rate_"), "the test strips both columns");
+        assert!(
+            !old_schema.contains("rate_"),
+            "the test strips both columns"
+        );
         Connection::open(&path)
             .and_then(|connection| connection.execute_batch(&old_schema))
             .expect("an old file");
