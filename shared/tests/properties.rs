@@ -237,7 +237,7 @@ fn valid_message() -> impl Strategy<Value = (String, Outgoing)> {
             if let Some(line) = line {
                 text += &format!(",\"sdpMLineIndex\":{gap}{line}");
             }
-            (MessageKind::Candidate, text + &gap + "}")
+            (MessageKind::Candidate, text + gap + "}")
         });
     let app = (json_value(), any::<bool>()).prop_map(|(value, pretty)| {
         let text = if pretty {

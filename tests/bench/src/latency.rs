@@ -90,10 +90,10 @@ async fn keep_polling(
         };
         cursor = body["cursor"].as_str().map(str::to_owned);
         for message in body["messages"].as_array().into_iter().flatten() {
-            if let Some(index) = message["data"]["i"].as_u64() {
-                if arrivals.send((index, arrived)).is_err() {
-                    return;
-                }
+            if let Some(index) = message["data"]["i"].as_u64()
+                && arrivals.send((index, arrived)).is_err()
+            {
+                return;
             }
         }
     }

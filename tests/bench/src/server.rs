@@ -56,11 +56,6 @@ impl Target {
             _directory: Some(directory),
         }
     }
-
-    /// The server's process id, when this benchmark started it.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
 }
 
 impl Drop for Target {
