@@ -68,6 +68,13 @@ fn satisfies_rules(message: &Outgoing) -> Result<(), String> {
             if !(candidate.is_empty() || candidate.starts_with("candidate:")) {
                 return Err(format!("bad candidate {candidate:?}"));
             }
+            let line = object.get("sdpMLineIndex").unwrap_or(&Value::Null);
+            let whole = line
+                .as_f64()
+                .is_some_and(|index| index.fract() == 0.0 && (0.0..=65_535.0).contains(&index));
+            if !(line.is_null() || whole) {
+                return Err(format!("bad sdpMLineIndex {line}"));
+            }
             let known = ["candidate", "sdpMid", "sdpMLineIndex", "usernameFragment"];
             if object.keys().any(|key| !known.contains(&key.as_str())) {
                 return Err(format!("unknown candidate member in {data}"));
@@ -215,7 +222,7 @@ fn valid_message() -> impl Strategy<Value = (String, Outgoing)> {
     let candidate = (
         text,
         prop::option::of(text),
-        prop::option::of(any::<u16>()),
+        prop::option::of((any::<u16>(), any::<bool>())),
         space.clone(),
     )
         .prop_map(|(rest, mid, line, gap)| {
@@ -234,8 +241,9 @@ fn valid_message() -> impl Strategy<Value = (String, Outgoing)> {
                     serde_json::to_string(&mid).unwrap_or_default()
                 );
             }
-            if let Some(line) = line {
-                text += &format!(",\"sdpMLineIndex\":{gap}{line}");
+            if let Some((line, as_float)) = line {
+                let point = if as_float { ".0" } else { "" };
+                text += &format!(",\"sdpMLineIndex\":{gap}{line}{point}");
             }
             (MessageKind::Candidate, text + gap + "}")
         });
