@@ -13,7 +13,7 @@
 # Usage: tests/openapi/fuzz.sh
 #   FUZZ_EXAMPLES  generated cases per operation in the fuzzing phase (default 1000)
 #   FUZZ_SEED      schemathesis seed, to replay a run (default: random, printed)
-#   FUZZ_STATEFUL_SECONDS  time budget of the stateful phase (default 120)
+#   FUZZ_STATEFUL_SECONDS  time budget of the stateful phase (default 90)
 # Uses (and creates if missing) the virtualenv target/venv-openapi, as validate.sh does.
 set -euo pipefail
 
@@ -109,7 +109,7 @@ status=0
 #    counts a token that a link put into Authorization as "generated", so it reports any 2xx
 #    as accepting a bad token.
 "$st" --config-file "$repo/tests/openapi/schemathesis.toml" run "$work/openapi.yaml" "${common[@]}" \
-    --phases stateful --exclude-checks ignored_auth -n "$examples" -w 1 --max-time "${FUZZ_STATEFUL_SECONDS:-120}" \
+    --phases stateful --exclude-checks ignored_auth -n "$examples" -w 1 --max-time "${FUZZ_STATEFUL_SECONDS:-90}" \
     --report junit,ndjson --report-junit-path "$reports/stateful.xml" \
     --report-ndjson-path "$reports/stateful.ndjson" || status=1
 
@@ -122,7 +122,7 @@ if grep -q "panicked" "$work/stderr"; then
     grep -m5 "panicked" "$work/stderr" >&2
     status=1
 fi
-"$py" "$repo/tests/openapi/fuzz_summary.py" "$reports/fuzz.ndjson" "$reports/stateful.ndjson" || true
+"$py" "$repo/tests/openapi/fuzz_summary.py" "$work/openapi.yaml" "$reports/fuzz.ndjson" "$reports/stateful.ndjson" || true
 
 if [[ $status != 0 ]]; then
     echo "FAIL: schemathesis found contract violations (seed $seed; reports in $reports)" >&2
