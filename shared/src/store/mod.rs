@@ -90,8 +90,10 @@ pub struct PostRequest {
 ///
 /// A window opens with the first post after the previous one ended; a post that would be
 /// number `posts + 1` in its window is refused with [`StoreError::RateLimited`] and changes
-/// nothing, and so is every post that fails for another reason (the count is written in the
-/// post's own transaction).
+/// nothing, and a post that fails for another reason is not counted either: the count is
+/// written in the post's own transaction. (On DynamoDB: an `Update` of the sender's member
+/// item in the commit's `TransactWriteItems`, conditioned on the window and count read with
+/// the members, so a concurrent post makes the commit fail and retry rather than overcount.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
     pub posts: u64,
