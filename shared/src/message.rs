@@ -283,7 +283,11 @@ fn validate(index: usize, message: RawMessage<'_>) -> Result<Outgoing, InvalidPo
                     "data.candidate must be empty or start with `candidate:`".into(),
                 ));
             }
-            if !candidate.sdp_m_line_index.as_ref().is_none_or(is_line_index) {
+            if !candidate
+                .sdp_m_line_index
+                .as_ref()
+                .is_none_or(is_line_index)
+            {
                 return Err(invalid(
                     "data.sdpMLineIndex must be a whole number from 0 to 65535, or null".into(),
                 ));

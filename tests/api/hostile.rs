@@ -809,3 +809,47 @@ async fn secrets_never_reach_the_logs() {
         }
     }
 }
+
+#[tokio::test]
+async fn slow_headers_lose_their_connection() {
+    let server = Server::start();
+    let mut stream = TcpStream::connect(server.address())
+        .await
+        .expect("connects");
+    stream
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("writes");
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    });
+    // The server keeps answering others meanwhile.
+    let health = http()
+        .get(server.url("/v1/health"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(health.status(), 200);
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(45), reader.read_to_end(&mut response))
+        .await
+        .expect("the server closed the connection");
+    let elapsed = started.elapsed();
+    trickle.abort();
+    assert!(
+        elapsed >= Duration::from_secs(25) && elapsed < Duration::from_secs(40),
+        "closed after {elapsed:?}"
+    );
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        !response.contains("200 OK"),
+        "the request never completed: {response}"
+    );
+}

@@ -121,11 +121,9 @@ async fn serve(config: Config) -> Result<(), String> {
             signalling.begin_shutdown();
         }
     };
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    signalpost_shared::http::serve::serve(listener, router, shutdown).await;
     housekeeping.abort();
-    served.map_err(|error| format!("server error: {error}"))
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -7,9 +7,11 @@
 //! the request reaches the router (its headers are in) to the end of the body, and a body
 //! still incomplete then fails to read, which the handlers answer with `400`.
 //!
-//! A declared `Content-Length` over the limit is refused here at once (`413`): the body limit
-//! itself only counts bytes as they arrive, so such a request would otherwise be read until
-//! the deadline.
+//! A declared `Content-Length` far over the limit is refused here at once (`413`): the body
+//! limit itself only counts bytes as they arrive, so such a request would otherwise be read
+//! until the deadline. Bodies just over the limit are still read up to it first, because
+//! answering while the client is still writing makes the connection close under it, and the
+//! client (a browser, say) then sees a network error instead of the `413`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +32,9 @@ use crate::error::ApiError;
 /// needs well under a second).
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
+/// A declared body this large is refused before reading any of it.
+const REFUSE_UNREAD_BYTES: u64 = 1024 * 1024;
+
 /// The error a body read fails with once the deadline has passed.
 #[derive(Debug, Error)]
 #[error("the request body did not arrive within {} seconds", .0.as_secs())]
@@ -47,7 +52,7 @@ pub fn is_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Refuses a declared body over [`MAX_BODY_BYTES`], and wraps the body so that reading it
+/// Refuses a declared body far over [`MAX_BODY_BYTES`], and wraps the body so that reading it
 /// fails after [`BODY_DEADLINE`]; a middleware for `axum::middleware::map_request`.
 pub async fn body_deadline(request: Request) -> Result<Request, ApiError> {
     let declared = request
@@ -55,7 +60,7 @@ pub async fn body_deadline(request: Request) -> Result<Request, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|length| length > REFUSE_UNREAD_BYTES) {
         return Err(ApiError::PayloadTooLarge(format!(
             "request bodies are limited to {} KiB",
             MAX_BODY_BYTES / 1024

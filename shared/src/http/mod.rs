@@ -10,6 +10,7 @@ pub mod extract;
 mod messages;
 mod meta;
 mod peers;
+pub mod serve;
 mod web;
 
 use std::sync::Arc;
