@@ -573,6 +573,7 @@ async fn a_flooder_is_limited_while_everyone_else_keeps_talking() {
     let flood = {
         let to = listener.id.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let mut accepted = Vec::new();
             let mut limited = 0;
             for i in 0..80 {
@@ -594,7 +595,7 @@ async fn a_flooder_is_limited_while_everyone_else_keeps_talking() {
                     other => panic!("flooder got {other}"),
                 }
             }
-            (flooder, accepted, limited)
+            (flooder, accepted, limited, started.elapsed())
         })
     };
     // Meanwhile a well-behaved peer in the same room, and a pair in another room, send 15
@@ -623,11 +624,20 @@ async fn a_flooder_is_limited_while_everyone_else_keeps_talking() {
         talk(&good, listener.id.clone(), "g"),
         talk(&xavier, yvonne.id.clone(), "x"),
     );
-    let (flooder, accepted, limited) = flood.await.expect("flood finished");
-    assert_eq!(accepted.len(), 20, "exactly the limit got through");
-    assert_eq!(limited, 60);
+    let (flooder, accepted, limited, took) = flood.await.expect("flood finished");
+    // 80 posts take well under a second; on a machine slow enough to need the 10 s window,
+    // a second window may have let up to 20 more through.
+    if took < Duration::from_secs(10) {
+        assert_eq!(accepted.len(), 20, "exactly the limit got through");
+        assert_eq!(limited, 60);
+    } else {
+        assert!(
+            (20..=40).contains(&accepted.len()),
+            "{accepted:?} in {took:?}"
+        );
+    }
     assert_eq!(
-        accepted,
+        accepted[..20],
         (0..20).collect::<Vec<_>>(),
         "the first 20, in order"
     );
@@ -643,8 +653,8 @@ async fn a_flooder_is_limited_while_everyone_else_keeps_talking() {
         expected("g")
     );
     listener.cursor = None;
-    let flooded = messages_from(&mut listener, "candidate", &flooder.id, 20).await;
-    let sent: Vec<Value> = (0..20).map(candidate).collect();
+    let flooded = messages_from(&mut listener, "candidate", &flooder.id, accepted.len()).await;
+    let sent: Vec<Value> = accepted.iter().map(|&i| candidate(i)).collect();
     assert_eq!(flooded, sent, "the accepted flood arrived once, in order");
 
     // The window ends: the flooder may post again.
