@@ -254,6 +254,12 @@ fn validate(index: usize, message: RawMessage<'_>) -> Result<Outgoing, InvalidPo
             if let Some(error) = too_large(MAX_DESCRIPTION_DATA) {
                 return Err(error);
             }
+            // serde would also read a struct from an array (`["offer", "v=0"]`).
+            if !data.starts_with('{') {
+                return Err(invalid(
+                    "data must be an RTCSessionDescriptionInit object {type, sdp}".into(),
+                ));
+            }
             let description: SessionDescription = serde_json::from_str(data).map_err(|error| {
                 invalid(format!(
                     "data must be an RTCSessionDescriptionInit {{type, sdp}}: {error}"
@@ -272,6 +278,11 @@ fn validate(index: usize, message: RawMessage<'_>) -> Result<Outgoing, InvalidPo
         MessageKind::Candidate => {
             if let Some(error) = too_large(MAX_CANDIDATE_DATA) {
                 return Err(error);
+            }
+            if !data.starts_with('{') {
+                return Err(invalid(
+                    "data must be an RTCIceCandidateInit object {candidate, sdpMid, sdpMLineIndex, usernameFragment}".into(),
+                ));
             }
             let candidate: IceCandidate = serde_json::from_str(data).map_err(|error| {
                 invalid(format!(
@@ -427,6 +438,9 @@ mod tests {
             serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": 65536}}),
             serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": 1e300}}),
             serde_json::json!({"to": "B", "type": "candidate"}),
+            serde_json::json!({"to": "B", "type": "candidate", "data": ["candidate:"]}),
+            serde_json::json!({"to": "B", "type": "offer", "data": ["offer", "v=0"]}),
+            serde_json::json!({"to": "B", "type": "answer", "data": ["answer", "v=0"]}),
             serde_json::json!({"type": "bye", "data": "string"}),
             serde_json::json!({"type": "peer-joined"}),
             serde_json::json!({"type": "shout"}),
