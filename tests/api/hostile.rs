@@ -863,3 +863,34 @@ async fn slow_headers_lose_their_connection() {
         "the request never completed: {response}"
     );
 }
+
+#[tokio::test]
+async fn arrays_never_pass_for_objects() {
+    // serde reads a struct from a JSON array of its fields, so each object the contract names
+    // is checked to be one.
+    let server = Server::start();
+    let room = room();
+    let alice = join(&server, &room, "alice").await;
+    let mut bob = join(&server, &room, "bob").await;
+    for body in [
+        json!({"to": bob.id, "type": "candidate", "data": ["candidate:1 1 udp 1 127.0.0.1 9 typ host"]}),
+        json!({"to": bob.id, "type": "offer", "data": ["offer", "v=0\r\n"]}),
+        json!({"to": bob.id, "type": "answer", "data": ["answer", "v=0\r\n"]}),
+        json!({"messages": [[bob.id, "message"]]}),
+    ] {
+        assert_problem(alice.post(&body).await, 400, "invalid-request").await;
+    }
+    let response = http()
+        .post(server.url(&format!("/v1/rooms/{room}/peers/{}/leave", alice.id)))
+        .header("content-type", "text/plain")
+        .body(json!([alice.token]).to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_problem(response, 400, "invalid-request").await;
+    let held = bob.poll(0).await;
+    assert!(
+        held.iter().all(|message| message["type"] == "peer-joined"),
+        "nothing was delivered and alice did not leave: {held:?}"
+    );
+}
