@@ -3,11 +3,13 @@
 # it needs (Python tools into virtualenvs under target/), starts what the tests need, and
 # stops it again. Exits non-zero on the first failing part.
 #
-#   1. Rust: unit tests, the store conformance suite (SQLite, and DynamoDB on a local moto
-#      server) and the black-box API suite against the real signalpost binary, on both stores;
+#   1. Rust: unit tests, property tests, the store conformance suite (SQLite, and DynamoDB on
+#      a local moto server) and the black-box API suite (hostile clients included) against
+#      the real signalpost binary, on both stores; the reliability suite;
 #   2. the OpenAPI document: valid OpenAPI 3.1, loadable by schemathesis;
-#   3. the SAM template: cfn-lint, checkov, and the route lists agreeing;
-#   4. real-browser end-to-end calls: headless Chromium (Debian's package: `apt-get install
+#   3. schemathesis against that binary: every response matches the document, no 5xx;
+#   4. the SAM template: cfn-lint, checkov, and the route lists agreeing;
+#   5. real-browser end-to-end calls: headless Chromium (Debian's package: `apt-get install
 #      chromium`; .ci/run installs it) through web/signalpost.js and the demo page.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +28,10 @@ tests/with-moto.sh bash -c '
 
 section "OpenAPI document"
 bash tests/openapi/validate.sh
+
+section "Fuzzing the server against the OpenAPI document"
+# Uses the signalpost binary the Rust tests just built.
+bash tests/openapi/fuzz.sh
 
 section "Infrastructure template"
 bash infra/lint.sh

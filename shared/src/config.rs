@@ -68,6 +68,8 @@ pub struct Config {
     pub presence_timeout: u64,
     /// Most messages an inbox holds beyond what its peer has acknowledged by polling.
     pub max_inbox: u64,
+    /// Most posts one peer may make per 10 seconds.
+    pub rate_limit: u64,
     pub cors_origins: CorsOrigins,
     pub stun_urls: Vec<String>,
     pub turn: Option<TurnConfig>,
@@ -188,6 +190,9 @@ impl Config {
             message_ttl: number(&var, "SIGNALPOST_MESSAGE_TTL", 600, 10..=7 * 86_400)?,
             presence_timeout,
             max_inbox: number(&var, "SIGNALPOST_MAX_INBOX", 1000, 10..=100_000)?,
+            // Trickle ICE with batching needs a few dozen posts per negotiation; a flooder
+            // wants thousands.
+            rate_limit: number(&var, "SIGNALPOST_RATE_LIMIT", 100, 1..=100_000)?,
             cors_origins,
             stun_urls: list("SIGNALPOST_STUN_URLS"),
             turn,
@@ -277,6 +282,7 @@ mod tests {
         for (name, value) in [
             ("SIGNALPOST_MAX_WAIT", "26"),
             ("SIGNALPOST_MAX_WAIT", "-1"),
+            ("SIGNALPOST_RATE_LIMIT", "0"),
             ("SIGNALPOST_MAX_PEERS", "lots"),
             ("SIGNALPOST_GATED", "maybe"),
             ("SIGNALPOST_LISTEN", "nowhere"),

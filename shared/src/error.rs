@@ -132,6 +132,10 @@ impl From<StoreError> for ApiError {
                 detail: format!("the inbox of {peer} is full: wait until it reads its messages"),
                 retry_after: 2,
             },
+            StoreError::RateLimited { retry_after } => Self::RateLimited {
+                detail: format!("this peer is posting too fast: post again in {retry_after} s"),
+                retry_after,
+            },
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %error_chain(&*source), "store unavailable");
                 Self::Unavailable

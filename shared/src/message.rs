@@ -152,8 +152,9 @@ struct IceCandidate {
     candidate: String,
     #[serde(default)]
     sdp_mid: Option<String>,
+    /// Checked by [`is_line_index`]: a JSON number, so `0.0` is as good as `0`.
     #[serde(default, rename = "sdpMLineIndex")]
-    sdp_m_line_index: Option<u16>,
+    sdp_m_line_index: Option<serde_json::Number>,
     #[serde(default)]
     username_fragment: Option<String>,
 }
@@ -253,6 +254,12 @@ fn validate(index: usize, message: RawMessage<'_>) -> Result<Outgoing, InvalidPo
             if let Some(error) = too_large(MAX_DESCRIPTION_DATA) {
                 return Err(error);
             }
+            // serde would also read a struct from an array (`["offer", "v=0"]`).
+            if !data.starts_with('{') {
+                return Err(invalid(
+                    "data must be an RTCSessionDescriptionInit object {type, sdp}".into(),
+                ));
+            }
             let description: SessionDescription = serde_json::from_str(data).map_err(|error| {
                 invalid(format!(
                     "data must be an RTCSessionDescriptionInit {{type, sdp}}: {error}"
@@ -272,6 +279,11 @@ fn validate(index: usize, message: RawMessage<'_>) -> Result<Outgoing, InvalidPo
             if let Some(error) = too_large(MAX_CANDIDATE_DATA) {
                 return Err(error);
             }
+            if !data.starts_with('{') {
+                return Err(invalid(
+                    "data must be an RTCIceCandidateInit object {candidate, sdpMid, sdpMLineIndex, usernameFragment}".into(),
+                ));
+            }
             let candidate: IceCandidate = serde_json::from_str(data).map_err(|error| {
                 invalid(format!(
                     "data must be an RTCIceCandidateInit {{candidate, sdpMid, sdpMLineIndex, usernameFragment}}: {error}"
@@ -280,6 +292,15 @@ fn validate(index: usize, message: RawMessage<'_>) -> Result<Outgoing, InvalidPo
             if !candidate.candidate.is_empty() && !candidate.candidate.starts_with("candidate:") {
                 return Err(invalid(
                     "data.candidate must be empty or start with `candidate:`".into(),
+                ));
+            }
+            if !candidate
+                .sdp_m_line_index
+                .as_ref()
+                .is_none_or(is_line_index)
+            {
+                return Err(invalid(
+                    "data.sdpMLineIndex must be a whole number from 0 to 65535, or null".into(),
                 ));
             }
         }
@@ -311,6 +332,18 @@ fn validate(index: usize, message: RawMessage<'_>) -> Result<Outgoing, InvalidPo
         data: data.to_owned(),
         client_id,
     })
+}
+
+/// Whether a JSON number is an m-line index: a whole number from 0 to 65535. JSON (and JSON
+/// Schema) do not tell `208` from `208.0`, so neither do we.
+fn is_line_index(number: &serde_json::Number) -> bool {
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|value| value.fract() == 0.0 && (0.0..=65_535.0).contains(value))
+            .map(|value| value as u64)
+    });
+    whole.is_some_and(|index| index <= u64::from(u16::MAX))
 }
 
 /// Client text quoted in an error, cut short so a hostile value cannot bloat the response.
@@ -372,6 +405,8 @@ mod tests {
             serde_json::json!({"to": "B", "type": "answer", "data": {"type": "answer", "sdp": "v=0"}}),
             serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": null}}),
             serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": ""}}),
+            serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": 208.0}}),
+            serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": 65535}}),
             serde_json::json!({"type": "bye"}),
             serde_json::json!({"type": "bye", "data": {"why": "done"}}),
             serde_json::json!({"type": "message", "data": [1, "two", {"three": 3}]}),
@@ -399,7 +434,13 @@ mod tests {
             serde_json::json!({"to": "B", "type": "offer", "data": {"type": "offer", "sdp": "v=0", "extra": 1}}),
             serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "nope"}}),
             serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": -1}}),
+            serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": 1.5}}),
+            serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": 65536}}),
+            serde_json::json!({"to": "B", "type": "candidate", "data": {"candidate": "", "sdpMLineIndex": 1e300}}),
             serde_json::json!({"to": "B", "type": "candidate"}),
+            serde_json::json!({"to": "B", "type": "candidate", "data": ["candidate:"]}),
+            serde_json::json!({"to": "B", "type": "offer", "data": ["offer", "v=0"]}),
+            serde_json::json!({"to": "B", "type": "answer", "data": ["answer", "v=0"]}),
             serde_json::json!({"type": "bye", "data": "string"}),
             serde_json::json!({"type": "peer-joined"}),
             serde_json::json!({"type": "shout"}),

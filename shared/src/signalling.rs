@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::ice::{IceServer, ice_servers};
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::message::{Outgoing, StoredMessage};
-use crate::store::{Departures, JoinRequest, PostRequest, Store, Timing};
+use crate::store::{Departures, JoinRequest, PostRequest, RateLimit, Store, Timing};
 use crate::token::{PeerGrant, TokenError, TokenKeys};
 use crate::wakeup::{PollSchedule, SweepSchedule, Wakeups};
 
@@ -27,6 +27,8 @@ pub const MAX_MESSAGES_PER_POLL: usize = 100;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The default long-poll wait when the client names none.
 const DEFAULT_WAIT: u64 = 20;
+/// The window `SIGNALPOST_RATE_LIMIT` counts a peer's posts in.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The signalling service over one store.
 pub struct Signalling {
@@ -198,6 +200,10 @@ impl Signalling {
                     .map(|message| (MessageId::mint(), message))
                     .collect(),
                 inbox_limit: self.config.max_inbox,
+                rate_limit: RateLimit {
+                    posts: self.config.rate_limit,
+                    window_ms: seconds_to_millis(RATE_WINDOW.as_secs()),
+                },
                 timing: self.timing(),
             })
             .await?;

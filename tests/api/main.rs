@@ -8,5 +8,6 @@ mod cli;
 mod conventions;
 mod delivery;
 mod errors;
+mod hostile;
 mod lifecycle;
 mod membership;

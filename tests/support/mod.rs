@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,6 +22,8 @@ pub struct Server {
     listen: String,
     env: Vec<(String, String)>,
     directory: tempfile::TempDir,
+    /// The server's stderr (its logs) when captured, else `None` (inherited).
+    stderr: Option<Arc<Mutex<String>>>,
 }
 
 /// The store the suite runs on: SQLite unless `SIGNALPOST_TEST_STORE=dynamodb`, when every
@@ -65,6 +67,15 @@ impl Server {
 
     /// A server with extra `SIGNALPOST_*` variables.
     pub fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_inner(env, false)
+    }
+
+    /// A server with extra variables whose stderr (the logs) is kept for [`Server::logs`].
+    pub fn start_capturing_logs(env: &[(&str, &str)]) -> Self {
+        Self::start_inner(env, true)
+    }
+
+    fn start_inner(env: &[(&str, &str)], capture_logs: bool) -> Self {
         let mut server = Self {
             child: None,
             base: String::new(),
@@ -74,6 +85,7 @@ impl Server {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             directory: tempfile::tempdir().expect("temporary directory"),
+            stderr: capture_logs.then(Default::default),
         };
         server.spawn();
         server
@@ -93,8 +105,24 @@ impl Server {
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if self.stderr.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         let mut child = command.spawn().expect("the signalpost binary starts");
+        if let (Some(logs), Some(stderr)) = (&self.stderr, child.stderr.take()) {
+            let logs = Arc::clone(logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut logs = logs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    logs.push_str(&line);
+                    logs.push('\n');
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let (found, address) = mpsc::channel();
         std::thread::spawn(move || {
@@ -151,6 +179,21 @@ impl Server {
     /// The directory holding its SQLite file.
     pub fn directory(&self) -> &std::path::Path {
         self.directory.path()
+    }
+
+    /// Everything the server has written to stderr so far (only with
+    /// [`Server::start_capturing_logs`]).
+    pub fn logs(&self) -> String {
+        self.stderr.as_ref().map_or_else(String::new, |logs| {
+            logs.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// The `host:port` the server listens on, for raw TCP clients.
+    pub fn address(&self) -> &str {
+        &self.listen
     }
 
     /// The full URL of `path`.

@@ -162,13 +162,9 @@ async fn serve(config: Config) -> Result<(), String> {
             signalling.begin_shutdown();
         }
     };
-    // `into_make_service` shares the router per connection; serving the Router itself rebuilds
-    // every route (with its layers) for each connection, ~50 KB per waiting poll.
-    let served = axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    signalpost_shared::http::serve::serve(listener, router, shutdown).await;
     housekeeping.abort();
-    served.map_err(|error| format!("server error: {error}"))
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -81,10 +81,15 @@ pub fn in_room(grant: PeerGrant, room: &RoomId) -> Result<PeerGrant, ApiError> {
     }
 }
 
-/// The body, or 413 when it is over the limit.
+/// The body, or 413 when it is over the limit, or 400 when it missed its deadline.
 pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if super::deadline::is_too_slow(&rejection) {
+            ApiError::InvalidRequest(format!(
+                "the body arrived too slowly: send it within {} seconds",
+                super::deadline::BODY_DEADLINE.as_secs()
+            ))
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(format!(
                 "request bodies are limited to {} KiB",
                 super::MAX_BODY_BYTES / 1024

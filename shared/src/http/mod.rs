@@ -1,13 +1,16 @@
 //! HTTP: the contract's routes as one table, the handlers behind them, and the tower layers
-//! every deployment shares (CORS, `Cache-Control: no-store`, body limit, panic guard).
+//! every deployment shares (CORS, `Cache-Control: no-store`, body size and time limits, panic
+//! guard).
 //!
 //! The standalone server mounts every route plus the demo page; each Lambda function mounts
 //! only its own routes from the same table, so the two can never drift apart.
 
+pub mod deadline;
 pub mod extract;
 mod messages;
 mod meta;
 mod peers;
+pub mod serve;
 mod web;
 
 use std::sync::Arc;
@@ -159,6 +162,7 @@ fn finish(routes: Router<AppState>, signalling: Arc<Signalling>) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_request(deadline::body_deadline))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_panic| -> Response {
             tracing::error!("a handler panicked");

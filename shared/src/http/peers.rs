@@ -92,6 +92,12 @@ pub async fn beacon_leave(
             "send {\"token\": ...} as application/json or text/plain".into(),
         ));
     }
+    // serde would also read the struct from an array (`["<token>"]`); the contract says object.
+    if request.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "the body must be {\"token\": \"...\"}".into(),
+        ));
+    }
     let beacon: BeaconBody = serde_json::from_slice(&request).map_err(|error| {
         ApiError::InvalidRequest(format!("the body must be {{\"token\": \"...\"}}: {error}"))
     })?;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{JoinRequest, PostRequest, Posted, Store, StoreError, Timing};
+use super::{JoinRequest, PostRequest, Posted, RateLimit, Store, StoreError, Timing};
 use crate::clock::now_millis;
 use crate::ids::{ClientMessageId, MessageId, PeerId, RoomId};
 use crate::message::{MessageKind, Outgoing, StoredMessage};
@@ -30,6 +30,7 @@ macro_rules! store_conformance_tests {
             sweep_removes_silent_peers_and_tells_the_rest,
             leave_tells_the_rest_and_is_idempotent,
             concurrent_senders_keep_their_own_order,
+            rate_limit_counts_each_members_posts_per_window,
             housekeeping_sweeps_abandoned_rooms,
             health_answers
         );
@@ -103,6 +104,10 @@ fn post_request(
         sender: sender.clone(),
         messages,
         inbox_limit: 10_000,
+        rate_limit: RateLimit {
+            posts: 10_000,
+            window_ms: 10_000,
+        },
         timing: timing(0),
     }
 }
@@ -140,7 +145,11 @@ fn texts(messages: &[StoredMessage], kind: MessageKind) -> Vec<String> {
 
 pub async fn join_lists_members_and_announces_the_newcomer(store: Arc<dyn Store>) {
     let room = unique_room("join");
-    let (alice, bob, carol) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
+    // Members who joined in the same millisecond are listed by id: these ids sort in join
+    // order, so the test does not depend on the clock ticking between joins.
+    let base = ulid::Ulid::new();
+    let [alice, bob, carol] =
+        ["1", "2", "3"].map(|n| PeerId::parse(&format!("{base}-{n}")).expect("valid peer"));
     assert!(join(&*store, &room, &alice).await.is_empty());
     assert_eq!(
         join(&*store, &room, &bob).await,
@@ -618,4 +627,94 @@ pub async fn housekeeping_sweeps_abandoned_rooms(store: Arc<dyn Store>) {
 
 pub async fn health_answers(store: Arc<dyn Store>) {
     store.health().await.expect("healthy");
+}
+
+pub async fn rate_limit_counts_each_members_posts_per_window(store: Arc<dyn Store>) {
+    let room = unique_room("flood");
+    let (alice, bob, carol) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
+    for peer in [&alice, &bob, &carol] {
+        join(&*store, &room, peer).await;
+    }
+    let start = timing(0);
+    let at = |offset_ms: i64| Timing {
+        now: start.now + offset_ms,
+        expires_at: start.expires_at + offset_ms,
+        stale_before: start.stale_before + offset_ms,
+    };
+    let limit = RateLimit {
+        posts: 3,
+        window_ms: 10_000,
+    };
+    let post = |from: &PeerId, to: &PeerId, text: &str, offset_ms: i64| {
+        let request = PostRequest {
+            rate_limit: limit,
+            timing: at(offset_ms),
+            ..post_request(&room, from, vec![app_message(Some(to), text, None)])
+        };
+        let store = Arc::clone(&store);
+        async move { store.post(request).await }
+    };
+
+    for i in 0..3 {
+        post(&alice, &bob, &format!("a{i}"), i * 100)
+            .await
+            .expect("within the limit");
+    }
+    let refused = post(&alice, &bob, "a3", 1_000).await;
+    assert!(
+        matches!(refused, Err(StoreError::RateLimited { retry_after: 9 })),
+        "the fourth post in 10 s is refused until the window ends: {refused:?}"
+    );
+    assert!(
+        matches!(
+            post(&alice, &bob, "a3", 9_999).await,
+            Err(StoreError::RateLimited { retry_after: 1 })
+        ),
+        "a refused post does not count, and Retry-After is at least 1 s"
+    );
+    post(&bob, &alice, "b0", 1_000)
+        .await
+        .expect("the limit is per sender");
+
+    let elsewhere = unique_room("flood-elsewhere");
+    join(&*store, &elsewhere, &alice).await;
+    join(&*store, &elsewhere, &bob).await;
+    let other_room = PostRequest {
+        rate_limit: limit,
+        timing: at(1_000),
+        ..post_request(&elsewhere, &alice, vec![app_message(Some(&bob), "x", None)])
+    };
+    store
+        .post(other_room)
+        .await
+        .expect("the limit is per room membership");
+
+    // Posts that fail for another reason do not use up the window.
+    post(&carol, &bob, "c0", 0).await.expect("within the limit");
+    post(&carol, &bob, "c1", 0).await.expect("within the limit");
+    let stranger = PeerId::mint();
+    assert!(matches!(
+        post(&carol, &stranger, "lost", 0).await,
+        Err(StoreError::NoSuchRecipient(_))
+    ));
+    post(&carol, &bob, "c2", 0)
+        .await
+        .expect("the failed post was not counted");
+    assert!(matches!(
+        post(&carol, &bob, "c3", 0).await,
+        Err(StoreError::RateLimited { .. })
+    ));
+
+    post(&alice, &bob, "a4", 10_000)
+        .await
+        .expect("a new window opens when the last one ends");
+    post(&alice, &bob, "a5", 10_001)
+        .await
+        .expect("within the new window");
+    let inbox = read_all(&*store, &room, &bob).await;
+    assert_eq!(
+        texts(&inbox, MessageKind::Message),
+        ["a0", "a1", "a2", "c0", "c1", "c2", "a4", "a5"],
+        "refused posts stored nothing"
+    );
 }

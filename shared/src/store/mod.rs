@@ -83,7 +83,35 @@ pub struct PostRequest {
     pub messages: Vec<(MessageId, Outgoing)>,
     /// Most unacknowledged messages an inbox may hold.
     pub inbox_limit: u64,
+    /// How many posts the sender may make per window.
+    pub rate_limit: RateLimit,
     pub timing: Timing,
+}
+
+/// A flood limit on one member's posts: at most `posts` per fixed window of `window_ms`,
+/// counted on the sender's membership so that every process sharing the store agrees.
+///
+/// A window opens with the first post after the previous one ended; a post that would be
+/// number `posts + 1` in its window is refused with [`StoreError::RateLimited`] and changes
+/// nothing, and a post that fails for another reason is not counted either: the count is
+/// written in the post's own transaction. (On DynamoDB: an `Update` of the sender's member
+/// item in the commit's `TransactWriteItems`, conditioned on the window and count read with
+/// the members, so a concurrent post makes the commit fail and retry rather than overcount.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub posts: u64,
+    pub window_ms: Millis,
+}
+
+impl RateLimit {
+    /// Whole seconds until a window that opened at `window_start` ends, at least 1: the
+    /// `Retry-After` of a refused post.
+    pub fn retry_after(self, window_start: Millis, now: Millis) -> u64 {
+        let remaining = window_start
+            .saturating_add(self.window_ms)
+            .saturating_sub(now);
+        u64::try_from(remaining).map_or(1, |millis| millis.div_ceil(1000).max(1))
+    }
 }
 
 /// What a post did.
@@ -102,7 +130,7 @@ pub struct Departures {
     pub notified: Vec<PeerId>,
 }
 
-/// A store failure. The first four are answers to the request; the last two are the store's.
+/// A store failure. The first five are answers to the request; the last two are the store's.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("the peer has left the room or timed out")]
@@ -113,6 +141,9 @@ pub enum StoreError {
     RoomFull,
     #[error("the inbox of {0} is full")]
     InboxFull(PeerId),
+    /// The sender has used up its [`RateLimit`]; its window ends in `retry_after` seconds.
+    #[error("the sender is over its rate limit")]
+    RateLimited { retry_after: u64 },
     /// Transient: the client should retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),

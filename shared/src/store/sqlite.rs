@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS members (
     last_seen INTEGER NOT NULL,
     last_seq INTEGER NOT NULL DEFAULT 0,  -- newest message in this peer's inbox
     acked_seq INTEGER NOT NULL DEFAULT 0, -- newest message this peer has confirmed reading
+    rate_window INTEGER NOT NULL DEFAULT 0, -- when this peer's current rate-limit window opened
+    rate_count INTEGER NOT NULL DEFAULT 0,  -- posts it made in that window
     PRIMARY KEY (room, peer)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_last_seen ON members (last_seen);
@@ -67,7 +69,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path).map_err(unavailable)?;
+        let mut connection = Connection::open(path).map_err(unavailable)?;
         // Other processes may hold the write lock briefly; wait rather than fail.
         connection
             .busy_timeout(Duration::from_secs(5))
@@ -76,6 +78,7 @@ impl SqliteStore {
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .map_err(unavailable)?;
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
+        migrate(&mut connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -113,6 +116,37 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Columns added to `members` after the first release, for files created before them.
+const ADDED_MEMBER_COLUMNS: [(&str, &str); 2] = [
+    ("rate_window", "INTEGER NOT NULL DEFAULT 0"),
+    ("rate_count", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Brings an older database file up to [`SCHEMA`]. Runs under the write lock, so processes
+/// opening the same file at once do not both add a column.
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let present: Vec<String> = transaction
+        .prepare("SELECT name FROM pragma_table_info('members')")
+        .map_err(unavailable)?
+        .query_map([], |row| row.get(0))
+        .map_err(unavailable)?
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    for (column, definition) in ADDED_MEMBER_COLUMNS {
+        if !present.iter().any(|name| name == column) {
+            transaction
+                .execute_batch(&format!(
+                    "ALTER TABLE members ADD COLUMN {column} {definition}"
+                ))
+                .map_err(unavailable)?;
+        }
+    }
+    transaction.commit().map_err(unavailable)
 }
 
 fn unavailable(error: rusqlite::Error) -> StoreError {
@@ -293,6 +327,38 @@ fn previous_ids(
     Ok(previous)
 }
 
+/// Counts this post in the sender's rate-limit window, opening a new window if the last one
+/// has ended; refuses it if the window is full. A refusal rolls the count back with the rest
+/// of the transaction.
+fn count_post(transaction: &Transaction<'_>, request: &PostRequest) -> Result<(), StoreError> {
+    let limit = request.rate_limit;
+    let now = request.timing.now;
+    let (window_start, count): (i64, i64) = transaction
+        .prepare_cached(
+            "UPDATE members SET
+                 rate_count = CASE WHEN ?3 >= rate_window + ?4 THEN 1 ELSE rate_count + 1 END,
+                 rate_window = CASE WHEN ?3 >= rate_window + ?4 THEN ?3 ELSE rate_window END
+             WHERE room = ?1 AND peer = ?2 RETURNING rate_window, rate_count",
+        )
+        .map_err(unavailable)?
+        .query_row(
+            params![
+                request.room.as_str(),
+                request.sender.as_str(),
+                now,
+                limit.window_ms
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(unavailable)?;
+    if u64::try_from(count).unwrap_or(u64::MAX) > limit.posts {
+        return Err(StoreError::RateLimited {
+            retry_after: limit.retry_after(window_start, now),
+        });
+    }
+    Ok(())
+}
+
 fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, StoreError> {
     let room = &request.room;
     let previous = previous_ids(transaction, &request)?;
@@ -308,6 +374,7 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
         .map(|member| member.peer)
         .collect();
     let deliveries = resolve_recipients(&member_ids, &request.sender, &fresh)?;
+    count_post(transaction, &request)?;
     let recipients = distinct_recipients(&deliveries);
 
     for recipient in &recipients {
@@ -600,6 +667,36 @@ mod tests {
             held.last().map(|message| message.data.as_str()),
             Some("\"kept\"")
         );
+    }
+
+    #[tokio::test]
+    async fn opens_a_file_from_before_the_rate_limit_columns() {
+        use crate::store::conformance::{join, post_one};
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("old.db");
+        let old_schema = SCHEMA
+            .replace(
+                "    rate_window INTEGER NOT NULL DEFAULT 0, -- when this peer's current rate-limit window opened\n",
+                "",
+            )
+            .replace(
+                "    rate_count INTEGER NOT NULL DEFAULT 0,  -- posts it made in that window\n",
+                "",
+            );
+        assert!(
+            !old_schema.contains("rate_"),
+            "the test strips both columns"
+        );
+        Connection::open(&path)
+            .and_then(|connection| connection.execute_batch(&old_schema))
+            .expect("an old file");
+        let store = SqliteStore::open(&path).expect("opens and migrates");
+        SqliteStore::open(&path).expect("opening again changes nothing");
+        let room = RoomId::parse("migrated").expect("valid");
+        let (alice, bob) = (PeerId::mint(), PeerId::mint());
+        join(&store, &room, &alice).await;
+        join(&store, &room, &bob).await;
+        post_one(&store, &room, &alice, Some(&bob), "counted").await;
     }
 
     #[tokio::test]

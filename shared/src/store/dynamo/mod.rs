@@ -84,8 +84,8 @@ use self::items::{
     sent_pk, sent_sk, seq_sk, ttl_seconds, void_item,
 };
 use super::{
-    Departures, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store, StoreError, Timing,
-    distinct_recipients, resolve_recipients,
+    Departures, JoinRequest, Joined, Member, PostRequest, Posted, RateLimit, Seq, Store,
+    StoreError, Timing, distinct_recipients, resolve_recipients,
 };
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
@@ -853,6 +853,88 @@ impl DynamoStore {
             .map_err(|_| StoreError::Corrupt("a sent-id item with a malformed messageId".into()))
     }
 
+    /// Counts one post against `sender`'s flood limit on its member item: one more in the
+    /// open window, or a new window opened by this post once the last has ended. Refuses the
+    /// post when the window is full. Each step is one conditional update, so processes
+    /// sharing the table agree on the count; a concurrent change retries (bounded).
+    async fn count_post(
+        &self,
+        room: &RoomId,
+        sender: &PeerId,
+        limit: RateLimit,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let member = key(room_pk(room), member_sk(sender));
+        // A window that opened after this is still open.
+        let open_after = now - limit.window_ms;
+        for _ in 0..3 {
+            self.count_write(1);
+            let within = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(member.clone()))
+                .update_expression("ADD rateCount :one")
+                .condition_expression(
+                    "attribute_exists(pk) AND rateWindow > :open_after AND rateCount < :posts",
+                )
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":open_after", n(open_after))
+                .expression_attribute_values(":posts", n(limit.posts))
+                .send()
+                .await;
+            match within {
+                Ok(_) => return Ok(()),
+                Err(error) if condition_failed(&error) => {}
+                Err(error) => return Err(unavailable(error)),
+            }
+            self.count_write(1);
+            let fresh = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(member.clone()))
+                .update_expression("SET rateWindow = :now, rateCount = :one")
+                .condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(rateWindow) OR rateWindow <= :open_after)",
+                )
+                .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":open_after", n(open_after))
+                .send()
+                .await;
+            match fresh {
+                Ok(_) => return Ok(()),
+                Err(error) if condition_failed(&error) => {}
+                Err(error) => return Err(unavailable(error)),
+            }
+            // Neither: the window is full, the sender is gone, or another post changed the
+            // window between the two updates. Read which.
+            self.count_read();
+            let item = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(member.clone()))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(unavailable)?
+                .item;
+            let Some(item) = item else {
+                return Err(StoreError::PeerGone);
+            };
+            let window: Millis = get_n(&item, "rateWindow").unwrap_or(0);
+            let count: u64 = get_n(&item, "rateCount").unwrap_or(0);
+            if window > open_after && count >= limit.posts {
+                return Err(StoreError::RateLimited {
+                    retry_after: limit.retry_after(window, now),
+                });
+            }
+        }
+        Err(unavailable_because("the rate-limit count kept changing"))
+    }
+
     /// A post, with a hook between allocation and commit for tests.
     async fn post_with(
         &self,
@@ -864,10 +946,12 @@ impl DynamoStore {
             sender,
             messages,
             inbox_limit,
+            rate_limit,
             timing,
         } = request;
         // Client ids found already used, with the server id they were given.
         let mut earlier: HashMap<String, MessageId> = HashMap::new();
+        let mut counted = false;
         for _ in 0..MAX_POST_ROUNDS {
             let mut in_this_post: HashMap<&str, MessageId> = HashMap::new();
             let mut previous = Vec::with_capacity(messages.len());
@@ -932,6 +1016,13 @@ impl DynamoStore {
                     return Err(StoreError::InboxFull(recipient.clone()));
                 }
                 plan.push((recipient.clone(), entries));
+            }
+            // Counted once the post has passed every other check, so refused posts do not
+            // use up the window (and once, however many rounds repeats cost).
+            if !counted {
+                self.count_post(&room, &sender, rate_limit, timing.now)
+                    .await?;
+                counted = true;
             }
             let delivery = Delivery {
                 room: &room,
