@@ -104,7 +104,10 @@ impl Config {
         deployment: Deployment,
         secret: Option<String>,
     ) -> Result<Self, ConfigError> {
-        Self::from_lookup(deployment, with_secret(secret, |name| std::env::var(name).ok()))
+        Self::from_lookup(
+            deployment,
+            with_secret(secret, |name| std::env::var(name).ok()),
+        )
     }
 
     /// Reads configuration through `lookup`, so tests need not touch the environment.
@@ -304,7 +307,10 @@ mod tests {
         assert!(!fetched.secret_generated);
         assert!(!format!("{fetched:?}").contains("from-secrets-manager"));
         let unset = Config::from_lookup(Deployment::Lambda, with_secret(None, |_| None));
-        assert!(matches!(unset, Err(ConfigError::Missing("SIGNALPOST_SECRET"))));
+        assert!(matches!(
+            unset,
+            Err(ConfigError::Missing("SIGNALPOST_SECRET"))
+        ));
     }
 
     #[test]

@@ -80,16 +80,47 @@ async fn start(function: Function) -> Result<axum::Router, String> {
             other => other.to_string(),
         }
     })?;
+    if config.table.is_none() {
+        // The embedded store (under `cargo lambda watch`): its file may sit in a directory that
+        // does not exist yet, such as `target/` before the first build into it.
+        if let Some(directory) = config
+            .db_path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(directory).map_err(|error| {
+                format!(
+                    "cannot create {} for SIGNALPOST_DB: {error}",
+                    directory.display()
+                )
+            })?;
+        }
+    }
     let store = store::open(&config)
         .await
-        .map_err(|error| format!("cannot open the store: {error}"))?;
-    tracing::info!(
-        function = function.name(),
-        table = config.table.as_deref(),
-        "ready"
-    );
+        .map_err(|error| format!("cannot open the store: {}", chain(&error)))?;
+    match &config.table {
+        Some(table) => tracing::info!(function = function.name(), table, "ready"),
+        None => tracing::info!(
+            function = function.name(),
+            db = %config.db_path.display(),
+            "ready"
+        ),
+    }
     let signalling = Arc::new(Signalling::new(config, store));
     Ok(api_router(signalling, &[function]))
+}
+
+/// An error and its sources, for a start-up message that names the cause.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The secret's ARN (or name) when the secret is to be fetched: `SIGNALPOST_SECRET_ARN` set

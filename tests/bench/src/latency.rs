@@ -24,7 +24,10 @@ impl fmt::Display for Figures {
             let index = ((self.samples.len() as f64 - 1.0) * q).round() as usize;
             self.samples[index].as_secs_f64() * 1000.0
         };
-        writeln!(f, "| waiting peers | messages | median ms | p90 ms | p99 ms | max ms |")?;
+        writeln!(
+            f,
+            "| waiting peers | messages | median ms | p90 ms | p99 ms | max ms |"
+        )?;
         writeln!(f, "|---:|---:|---:|---:|---:|---:|")?;
         write!(
             f,
@@ -82,7 +85,9 @@ async fn keep_polling(
         ready.notify_one();
         let Ok(response) = request.await else { return };
         let arrived = Instant::now();
-        let Ok(body) = response.json::<Value>().await else { return };
+        let Ok(body) = response.json::<Value>().await else {
+            return;
+        };
         cursor = body["cursor"].as_str().map(str::to_owned);
         for message in body["messages"].as_array().into_iter().flatten() {
             if let Some(index) = message["data"]["i"].as_u64() {

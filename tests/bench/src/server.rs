@@ -38,11 +38,18 @@ impl Target {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = found.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                    let _ = found.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 }
             }
         });
-        let base = address.recv_timeout(Duration::from_secs(20)).expect("the server printed its address");
+        let base = address
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server printed its address");
         Self {
             base,
             child: Some(child),
