@@ -99,6 +99,19 @@ impl Config {
         Self::from_lookup(deployment, |name| std::env::var(name).ok())
     }
 
+    /// Reads the process environment, with `secret` (when given) as the signing secret in
+    /// place of `SIGNALPOST_SECRET`: a Lambda function fetches it from Secrets Manager at cold
+    /// start (`SIGNALPOST_SECRET_ARN`), so it never sits in the function's configuration.
+    pub fn from_env_with_secret(
+        deployment: Deployment,
+        secret: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_lookup(
+            deployment,
+            with_secret(secret, |name| std::env::var(name).ok()),
+        )
+    }
+
     /// Reads configuration through `lookup`, so tests need not touch the environment.
     pub fn from_lookup(
         deployment: Deployment,
@@ -201,6 +214,17 @@ impl Config {
     }
 }
 
+/// `lookup`, except that `SIGNALPOST_SECRET` is `secret` when one is given.
+fn with_secret(
+    secret: Option<String>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> impl Fn(&str) -> Option<String> {
+    move |name| match (&secret, name) {
+        (Some(secret), "SIGNALPOST_SECRET") => Some(secret.clone()),
+        _ => lookup(name),
+    }
+}
+
 fn number(
     var: &impl Fn(&str) -> Option<String>,
     name: &'static str,
@@ -275,6 +299,41 @@ mod tests {
             Err(ConfigError::Missing("SIGNALPOST_SECRET"))
         ));
         assert!(config(Deployment::Lambda, &[("SIGNALPOST_SECRET", "s3cret")]).is_ok());
+    }
+
+    #[test]
+    fn a_fetched_secret_stands_in_for_the_variable() {
+        let fetched = Config::from_lookup(
+            Deployment::Lambda,
+            with_secret(Some("from-secrets-manager".into()), |_| None),
+        )
+        .expect("the fetched secret satisfies Lambda");
+        assert_eq!(fetched.secret.expose(), b"from-secrets-manager");
+        assert!(!fetched.secret_generated);
+        assert!(!format!("{fetched:?}").contains("from-secrets-manager"));
+        let unset = Config::from_lookup(Deployment::Lambda, with_secret(None, |_| None));
+        assert!(matches!(
+            unset,
+            Err(ConfigError::Missing("SIGNALPOST_SECRET"))
+        ));
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let config = config(
+            Deployment::Lambda,
+            &[
+                ("SIGNALPOST_SECRET", "s"),
+                ("SIGNALPOST_STUN_URLS", ""),
+                ("SIGNALPOST_TURN_URLS", ""),
+                ("SIGNALPOST_TURN_SECRET", ""),
+                ("SIGNALPOST_TABLE", ""),
+                ("SIGNALPOST_CORS_ORIGINS", " "),
+            ],
+        )
+        .expect("empty values are the defaults");
+        assert!(config.stun_urls.is_empty() && config.turn.is_none() && config.table.is_none());
+        assert_eq!(config.cors_origins, CorsOrigins::Any);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod error;
 pub mod http;
 pub mod ice;
 pub mod ids;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod message;
 pub mod signalling;
 pub mod store;

@@ -1,6 +1,6 @@
 //! The contract's conventions: health, routing errors, `Cache-Control`, CORS.
 
-use crate::support::{Server, assert_problem, http};
+use crate::support::{Server, assert_problem, http, standalone_only};
 
 #[tokio::test]
 async fn health_answers_ok_without_caching() {
@@ -121,6 +121,9 @@ async fn cors_allow_list_admits_only_listed_origins() {
 
 #[tokio::test]
 async fn serves_the_demo_page_and_the_client_library() {
+    if standalone_only("the demo page and client library are served by the standalone server") {
+        return;
+    }
     let server = Server::start();
     let client = http();
     for (path, content_type) in [("/", "text/html"), ("/signalpost.js", "text/javascript")] {

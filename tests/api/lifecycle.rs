@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Server, Stop, description, join, room};
+use crate::support::{Server, Stop, description, join, room, standalone_only};
 
 async fn survives(stop: Stop) {
     let mut server = Server::start();
@@ -36,16 +36,25 @@ async fn survives(stop: Stop) {
 
 #[tokio::test]
 async fn a_graceful_restart_keeps_undelivered_messages() {
+    if standalone_only("restarting the server process (a function's restart is every cold start)") {
+        return;
+    }
     survives(Stop::Terminate).await;
 }
 
 #[tokio::test]
 async fn a_killed_server_keeps_accepted_messages() {
+    if standalone_only("killing the server process (a function's restart is every cold start)") {
+        return;
+    }
     survives(Stop::Kill).await;
 }
 
 #[tokio::test]
 async fn shutdown_ends_waiting_polls_at_once() {
+    if standalone_only("graceful shutdown of the server process") {
+        return;
+    }
     let mut server = Server::start();
     let mut alice = join(&server, &room(), "alice").await;
     let poller = tokio::spawn(async move {

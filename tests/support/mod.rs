@@ -1,7 +1,12 @@
 //! The black-box harness: starts the real `signalpost` binary on a free loopback port with its
 //! own SQLite file, and speaks HTTP to it like any client would.
+//!
+//! With `SIGNALPOST_TEST_TARGET=watch` the same tests run against the Lambda functions under
+//! `cargo lambda watch` instead (see [`watch`] and `tests/watch/run.sh`).
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod watch;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -10,14 +15,18 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// The secret every test server signs with, so tests can mint tokens of their own.
-pub const SECRET: &str = "black-box-test-secret";
+/// The secret every test server signs with, so tests can mint tokens of their own. It is the
+/// development secret of `[workspace.metadata.lambda.env]` in the root Cargo.toml, because
+/// `cargo lambda watch` gives the functions that value whatever else it is told.
+pub const SECRET: &str = "local-development-secret-not-for-production";
 /// The longest a server may take to print its address.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A running `signalpost` process.
+/// A running `signalpost` process, or a `cargo lambda watch` serving the functions.
 pub struct Server {
     child: Option<Child>,
+    /// Under `SIGNALPOST_TEST_TARGET=watch`: the (possibly shared) watch instance.
+    watch: Option<std::sync::Arc<watch::Watch>>,
     pub base: String,
     listen: String,
     env: Vec<(String, String)>,
@@ -67,6 +76,18 @@ impl Server {
 
     /// A server with extra `SIGNALPOST_*` variables.
     pub fn start_with(env: &[(&str, &str)]) -> Self {
+        if watch::enabled() {
+            let watch = watch::instance(env);
+            return Self {
+                child: None,
+                base: watch.base.clone(),
+                listen: String::new(),
+                env: Vec::new(),
+                directory: tempfile::tempdir().expect("temporary directory"),
+                stderr: None,
+                watch: Some(watch),
+            };
+        }
         Self::start_inner(env, false)
     }
 
@@ -78,6 +99,7 @@ impl Server {
     fn start_inner(env: &[(&str, &str)], capture_logs: bool) -> Self {
         let mut server = Self {
             child: None,
+            watch: None,
             base: String::new(),
             listen: "127.0.0.1:0".into(),
             env: env
@@ -147,6 +169,10 @@ impl Server {
 
     /// Stops the process and waits for it to exit; returns how long exiting took.
     pub fn stop(&mut self, how: Stop) -> Duration {
+        assert!(
+            self.watch.is_none(),
+            "stopping the server is standalone only: guard the test with standalone_only()"
+        );
         let Some(mut child) = self.child.take() else {
             return Duration::ZERO;
         };
@@ -209,6 +235,16 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// True, with a note on stderr, when the tests run against `cargo lambda watch`, where `what`
+/// does not apply (a test of the standalone process itself): the test then returns early.
+pub fn standalone_only(what: &str) -> bool {
+    let skip = watch::enabled();
+    if skip {
+        eprintln!("standalone only, skipped under cargo lambda watch: {what}");
+    }
+    skip
 }
 
 /// An HTTP client with a timeout longer than any long poll.

@@ -1,0 +1,9 @@
+//! `post`: the Lambda function serving POST /v1/rooms/{room}/messages: send messages.
+//! Everything but the choice of routes lives in `signalpost_shared::lambda`.
+
+use signalpost_shared::http::Function;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    signalpost_shared::lambda::run(Function::Post).await
+}
