@@ -244,6 +244,13 @@ async fn garbage_never_causes_a_server_error() {
     ];
     for path in &paths {
         for body in &bodies {
+            // cargo lambda watch itself answers 500 to a body that is not UTF-8, before any
+            // function sees it (API Gateway base64-encodes such bodies instead).
+            if std::str::from_utf8(body).is_err()
+                && crate::support::standalone_only("a body that is not UTF-8")
+            {
+                continue;
+            }
             let response = client
                 .post(server.url(path))
                 .bearer_auth(&alice.token)

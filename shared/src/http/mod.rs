@@ -20,7 +20,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, delete, get, on, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -141,7 +141,12 @@ pub fn api_router(signalling: Arc<Signalling>, functions: &[Function]) -> Router
         if functions.contains(&route.function) {
             router.route(route.path, (route.handler)())
         } else {
-            router.route(route.path, MethodRouter::new())
+            // Registered with its real method so that a 405 here names it in `Allow`.
+            let elsewhere = MethodFilter::try_from(route.method.clone()).map_or_else(
+                |_| MethodRouter::new(),
+                |method| on(method, || async { ApiError::MethodNotAllowed }),
+            );
+            router.route(route.path, elsewhere)
         }
     });
     finish(routes, signalling)
