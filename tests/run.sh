@@ -6,6 +6,8 @@
 #   1. Rust: unit tests, property tests, the store conformance suite (SQLite, and DynamoDB on
 #      a local moto server) and the black-box API suite (hostile clients included) against
 #      the real signalpost binary, on both stores; the reliability suite;
+#   1b. the same black-box suite through the five Lambda functions under `cargo lambda watch`
+#      (installed from PyPI if missing), on SQLite and on DynamoDB;
 #   2. the OpenAPI document: valid OpenAPI 3.1, loadable by schemathesis;
 #   3. schemathesis against that binary: every response matches the document, no 5xx;
 #   4. the SAM template: cfn-lint, checkov, and the route lists agreeing;
@@ -25,6 +27,9 @@ tests/with-moto.sh bash -c '
     echo "--- the black-box API suite again, on DynamoDB"
     SIGNALPOST_TEST_STORE=dynamodb cargo test --locked -p signalpost-server --test api
 '
+
+section "The API suite through the Lambda functions under cargo lambda watch, on both stores"
+bash tests/watch/run.sh
 
 section "OpenAPI document"
 bash tests/openapi/validate.sh
