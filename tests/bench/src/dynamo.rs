@@ -21,7 +21,11 @@ use crate::latency::{self, Peer, join};
 
 /// Serves the API over `store` on a free loopback port; returns its base URL.
 async fn instance(store: Arc<dyn Store>) -> String {
-    let vars = HashMap::from([("SIGNALPOST_SECRET", "benchmark-secret")]);
+    // One sender posts back to back here: lift the flood limit, as for the standalone bench.
+    let vars = HashMap::from([
+        ("SIGNALPOST_SECRET", "benchmark-secret"),
+        ("SIGNALPOST_RATE_LIMIT", "100000"),
+    ]);
     let config = Config::from_lookup(Deployment::Lambda, |name| {
         vars.get(name).map(|value| (*value).to_owned())
     })
