@@ -20,6 +20,10 @@ pub enum Deployment {
     Lambda,
 }
 
+/// The largest room: a broadcast batch to every member must fit one DynamoDB transaction
+/// (100 items: one inbox item per recipient plus the post's idempotency records).
+pub const MAX_ROOM_CAPACITY: u64 = 25;
+
 /// The longest long poll API Gateway's 30 s integration timeout leaves room for.
 pub const MAX_WAIT_CEILING: u64 = 25;
 
@@ -197,8 +201,13 @@ impl Config {
             secret_generated,
             token_ttl: number(&var, "SIGNALPOST_TOKEN_TTL", 86_400, 60..=30 * 86_400)?,
             gated: boolean(&var, "SIGNALPOST_GATED")?,
-            max_peers: usize::try_from(number(&var, "SIGNALPOST_MAX_PEERS", 8, 2..=32)?)
-                .unwrap_or(8),
+            max_peers: usize::try_from(number(
+                &var,
+                "SIGNALPOST_MAX_PEERS",
+                8,
+                2..=MAX_ROOM_CAPACITY,
+            )?)
+            .unwrap_or(8),
             max_wait,
             message_ttl: number(&var, "SIGNALPOST_MESSAGE_TTL", 600, 10..=7 * 86_400)?,
             presence_timeout,
@@ -343,6 +352,7 @@ mod tests {
             ("SIGNALPOST_MAX_WAIT", "-1"),
             ("SIGNALPOST_RATE_LIMIT", "0"),
             ("SIGNALPOST_MAX_PEERS", "lots"),
+            ("SIGNALPOST_MAX_PEERS", "26"),
             ("SIGNALPOST_GATED", "maybe"),
             ("SIGNALPOST_LISTEN", "nowhere"),
             ("SIGNALPOST_PRESENCE_TIMEOUT", "20"),
