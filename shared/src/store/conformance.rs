@@ -24,6 +24,7 @@ macro_rules! store_conformance_tests {
             batch_with_a_stranger_stores_nothing,
             non_member_cannot_post,
             repeated_client_ids_are_stored_once,
+            a_repeat_to_a_peer_who_left_gets_its_first_ids,
             reads_replay_from_any_cursor,
             expired_messages_are_never_read,
             touch_reports_head_and_acknowledgements_free_the_inbox,
@@ -380,6 +381,40 @@ pub async fn repeated_client_ids_are_stored_once(store: Arc<dyn Store>) {
         .await
         .expect("post succeeds");
     assert_ne!(from_carol.ids, first.ids, "client ids are per sender");
+}
+
+pub async fn a_repeat_to_a_peer_who_left_gets_its_first_ids(store: Arc<dyn Store>) {
+    // The first attempt committed but its answer was lost; the recipient read it and left;
+    // the sender's retry must not be told that the recipient does not exist.
+    let room = unique_room("repeat-after-leave");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let bye = || vec![app_message(Some(&bob), "bye", Some("bye-1"))];
+    let first = store
+        .post(post_request(&room, &alice, bye()))
+        .await
+        .expect("post succeeds");
+    store
+        .leave(&room, &bob, timing(0))
+        .await
+        .expect("bob leaves");
+    let retry = store
+        .post(post_request(&room, &alice, bye()))
+        .await
+        .expect("the retry is answered as the first attempt was");
+    assert_eq!(retry.ids, first.ids);
+    let fresh = store
+        .post(post_request(
+            &room,
+            &alice,
+            vec![app_message(Some(&bob), "new", Some("m-2"))],
+        ))
+        .await;
+    assert!(
+        matches!(fresh, Err(StoreError::NoSuchRecipient(_))),
+        "a new message to bob is still refused"
+    );
 }
 
 pub async fn reads_replay_from_any_cursor(store: Arc<dyn Store>) {

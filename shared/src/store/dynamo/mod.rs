@@ -992,7 +992,28 @@ impl DynamoStore {
             let members = self.live_members(&room, timing.now).await?;
             let member_ids: Vec<PeerId> =
                 members.iter().map(|member| member.peer.clone()).collect();
-            let deliveries = resolve_recipients(&member_ids, &sender, &fresh)?;
+            let deliveries = match resolve_recipients(&member_ids, &sender, &fresh) {
+                Ok(deliveries) => deliveries,
+                Err(StoreError::NoSuchRecipient(peer)) => {
+                    // A retry of a post whose first attempt committed may name a peer that
+                    // has left since: its client ids say so, and it gets its first ids back
+                    // (as on SQLite, which looks them up before the recipients).
+                    let mut repeats = false;
+                    for client_id in &sent_client_ids {
+                        if let Some(id) =
+                            self.sent_id(&room, &sender, client_id, timing.now).await?
+                        {
+                            earlier.insert((*client_id).to_owned(), id);
+                            repeats = true;
+                        }
+                    }
+                    if repeats {
+                        continue;
+                    }
+                    return Err(StoreError::NoSuchRecipient(peer));
+                }
+                Err(other) => return Err(other),
+            };
             let recipients = distinct_recipients(&deliveries);
             let mut plan = Vec::with_capacity(recipients.len());
             for recipient in &recipients {
