@@ -89,20 +89,9 @@ impl Signalling {
         }
     }
 
-    /// Replaces the store-read schedule of waiting polls (benchmarks and tests).
-    pub fn with_schedule(mut self, schedule: PollSchedule) -> Self {
-        self.schedule = schedule;
-        self
-    }
-
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// The token keys, for minting join tokens.
-    pub fn keys(&self) -> &TokenKeys {
-        &self.keys
     }
 
     fn timing(&self) -> Timing {
