@@ -15,15 +15,29 @@ after(async () => {
   await server?.stop();
 });
 
-/** Join on a library page without attaching any listener; `window.seen` counts polled ids. */
+/**
+ * Join on a library page without attaching any listener. `window.seen` lists the types of
+ * polled messages; `window.polls` counts polls started, and `window.pollsBefore[type]` is
+ * that count when a poll's answer first carried `type`.
+ */
 function joinQuietly(page, room, name) {
   return page.evaluate(async ({ base, room, name }) => {
     window.seen = [];
+    window.polls = 0;
+    window.pollsBefore = {};
     // Wrap fetch to see what the poll loop received before any listener exists.
     const fetch = async (...args) => {
+      const isPoll = String(args[0]).includes("/messages?");
+      if (isPoll) window.polls++;
+      const started = window.polls;
       const response = await window.fetch(...args);
-      if (String(args[0]).includes("/messages?")) {
-        response.clone().json().then((b) => window.seen.push(...(b.messages ?? []).map((m) => m.type))).catch(() => {});
+      if (isPoll) {
+        response.clone().json().then((b) => {
+          for (const m of b.messages ?? []) {
+            window.seen.push(m.type);
+            window.pollsBefore[m.type] ??= started;
+          }
+        }).catch(() => {});
       }
       return response;
     };
@@ -43,14 +57,18 @@ test("messages that arrive before the first listener are still delivered", async
     await bob.evaluate((to) => window.channel.send({ to, type: "message", data: { hello: "alice" } }), alicePeer);
 
     // Alice's poll has received both the peer-joined and the message, with nobody listening.
-    await alice.waitForFunction(() => window.seen.includes("message"), null, { timeout: 10_000 });
-    await alice.waitForTimeout(300);
-    const delivered = await alice.evaluate(() => new Promise((resolve) => {
+    // The loop starts its next poll only after it has taken in the previous answer: once
+    // the poll after the one that carried the message has started, the channel holds it.
+    await alice.waitForFunction(() => window.seen.includes("message") && window.polls > window.pollsBefore.message,
+      null, { timeout: 10_000 });
+    const delivered = await alice.evaluate(async () => {
       const got = { message: [], joined: [] };
       window.channel.addEventListener("message", (e) => got.message.push(e.data.type));
       window.channel.addEventListener("peer-joined", (e) => got.joined.push(e.data.data?.name));
-      setTimeout(() => resolve(got), 200);
-    }));
+      // The backlog is flushed in a microtask: a macrotask later it has all been dispatched.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      return got;
+    });
     assert.deepEqual(delivered.message, ["peer-joined", "message"]);
     assert.deepEqual(delivered.joined, ["bob"]);
   } finally {
