@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { launchBrowser, libraryPage, freshRoom, closeContext } from "./lib/browser.mjs";
+import { launchBrowser, libraryPage, freshRoom, closeContext, joinQuietly, waitForPolled } from "./lib/browser.mjs";
 
 let server, browser;
 before(async () => {
@@ -15,52 +15,18 @@ after(async () => {
   await server?.stop();
 });
 
-/**
- * Join on a library page without attaching any listener. `window.seen` lists the types of
- * polled messages; `window.polls` counts polls started, and `window.pollsBefore[type]` is
- * that count when a poll's answer first carried `type`.
- */
-function joinQuietly(page, room, name) {
-  return page.evaluate(async ({ base, room, name }) => {
-    window.seen = [];
-    window.polls = 0;
-    window.pollsBefore = {};
-    // Wrap fetch to see what the poll loop received before any listener exists.
-    const fetch = async (...args) => {
-      const isPoll = String(args[0]).includes("/messages?");
-      if (isPoll) window.polls++;
-      const started = window.polls;
-      const response = await window.fetch(...args);
-      if (isPoll) {
-        response.clone().json().then((b) => {
-          for (const m of b.messages ?? []) {
-            window.seen.push(m.type);
-            window.pollsBefore[m.type] ??= started;
-          }
-        }).catch(() => {});
-      }
-      return response;
-    };
-    window.channel = await window.sp.SignalingChannel.join(base, room, { name, fetch });
-    return window.channel.peer;
-  }, { base: server.url, room, name });
-}
-
 test("messages that arrive before the first listener are still delivered", async () => {
   const room = freshRoom("late");
   const context = await browser.newContext();
   try {
     const alice = await libraryPage(context, server.url);
     const bob = await libraryPage(context, server.url);
-    const alicePeer = await joinQuietly(alice, room, "alice");
-    await joinQuietly(bob, room, "bob");
+    const alicePeer = await joinQuietly(alice, server.url, room, "alice");
+    await joinQuietly(bob, server.url, room, "bob");
     await bob.evaluate((to) => window.channel.send({ to, type: "message", data: { hello: "alice" } }), alicePeer);
 
     // Alice's poll has received both the peer-joined and the message, with nobody listening.
-    // The loop starts its next poll only after it has taken in the previous answer: once
-    // the poll after the one that carried the message has started, the channel holds it.
-    await alice.waitForFunction(() => window.seen.includes("message") && window.polls > window.pollsBefore.message,
-      null, { timeout: 10_000 });
+    await waitForPolled(alice, "message");
     const delivered = await alice.evaluate(async () => {
       const got = { message: [], joined: [] };
       window.channel.addEventListener("message", (e) => got.message.push(e.data.type));
@@ -82,8 +48,8 @@ test("candidates sent in quick succession share one batch request", async () => 
   try {
     const alice = await libraryPage(context, server.url);
     const bob = await libraryPage(context, server.url);
-    const alicePeer = await joinQuietly(alice, room, "alice");
-    await joinQuietly(bob, room, "bob");
+    const alicePeer = await joinQuietly(alice, server.url, room, "alice");
+    await joinQuietly(bob, server.url, room, "bob");
     const posts = [];
     bob.on("request", (r) => { if (r.method() === "POST" && r.url().endsWith("/messages")) posts.push(JSON.parse(r.postData())); });
     const ids = await bob.evaluate((to) => Promise.all(Array.from({ length: 60 }, (_, i) => window.channel.send({

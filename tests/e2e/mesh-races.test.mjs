@@ -3,7 +3,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { launchBrowser, libraryPage, startLibraryCall, waitForLink, freshRoom, closeContext } from "./lib/browser.mjs";
+import {
+  launchBrowser, libraryPage, startLibraryCall, waitForLink, freshRoom, closeContext, joinQuietly, waitForPolled,
+} from "./lib/browser.mjs";
 import { gate, rawPeer } from "./lib/net.mjs";
 
 let server, browser;
@@ -86,23 +88,12 @@ test("item 10: a mesh built after its peer left does not call it, and a 404 clos
   try {
     const bob = await rawPeer(server.url, room, "bob");
     const alice = await libraryPage(context, server.url);
-    // Alice joins and, like an app awaiting getUserMedia, attaches nothing for a while;
-    // `window.seen` shows what her poll loop has received meanwhile.
-    await alice.evaluate(async ({ base, room }) => {
-      window.seen = [];
-      const fetch = async (...args) => {
-        const response = await window.fetch(...args);
-        if (String(args[0]).includes("/messages?")) {
-          response.clone().json().then((b) => window.seen.push(...(b.messages ?? []).map((m) => m.type))).catch(() => {});
-        }
-        return response;
-      };
-      window.channel = await window.sp.SignalingChannel.join(base, room, { name: "alice", fetch });
-    }, { base: server.url, room });
+    // Alice joins and, like an app awaiting getUserMedia, attaches nothing for a while.
+    await joinQuietly(alice, server.url, room, "alice");
     assert.deepEqual(await alice.evaluate(() => window.channel.peers.map((p) => p.peer)), [bob.peer]);
-    const leftAt = await bob.leave();
-    assert.equal(leftAt.status, 204);
-    await alice.waitForFunction(() => window.seen.includes("peer-left"), null, { timeout: 15_000 });
+    const left = await bob.leave();
+    assert.equal(left.status, 204);
+    await waitForPolled(alice, "peer-left");
 
     // Only now is the mesh built: the backlog (with bob's peer-left) reaches it first.
     const links = await alice.evaluate(async () => {
