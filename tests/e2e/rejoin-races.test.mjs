@@ -84,6 +84,24 @@ test("item 5: a poll still out when a send rejoins does not move the new inbox's
   }
 });
 
+test("item 5: a rejoin restarts a poll loop that had stopped on an error", async () => {
+  const room = freshRoom("dead-loop");
+  const net = faultyNet();
+  const { channel: alice, events, messages } = await joinChannel(room, net, { wait: 1 });
+  const bob = await rawPeer(server.url, room, "bob");
+  // A poll answer the loop cannot get past (a 400) stops it, as a stale cursor once did.
+  net.on(isPoll, respond(400));
+  await waitFor(() => events.find((e) => e.type === "error"), "the poll loop's error");
+
+  // Her token dies; a send rejoins. The new peer id must be polled again.
+  await removeOnServer(net, alice);
+  await settle(alice.send({ to: bob.peer, type: "message", data: "anyone?" }));
+  await waitFor(() => events.find((e) => e.type === "rejoin"), "the rejoin");
+  await bob.send(alice.peer, "welcome back");
+  await waitFor(() => messages.find((m) => m.data === "welcome back"), "bob's message to the new peer id", 10_000);
+  await alice.close();
+});
+
 test("item 6: a late 410 from a request made with the old token does not rejoin again", async () => {
   const room = freshRoom("late-410");
   const net = faultyNet();
