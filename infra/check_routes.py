@@ -10,8 +10,9 @@ Sources compared, route by route:
 
 Every contract route must appear in every source with the same function; a route found in
 any source but not in the contract fails too. Not failures, but printed as notes:
-  - OPTIONS operations in the OpenAPI document (preflight is answered by API Gateway's
-    CorsConfiguration in the cloud and by `cargo lambda watch` locally, never by a function);
+  - OPTIONS operations in the OpenAPI document (preflight is answered by API Gateway's CORS
+    configuration in the cloud, and by the ice-servers function's CORS layer under
+    `cargo lambda watch --disable-cors`, never by a route of the contract);
   - OpenAPI operations marked `x-signalpost-extension: true` that neither the template nor
     the router serves (standalone-only extensions);
 The API Gateway catch-all (`$default`) is checked as one more item: the template and the
@@ -290,8 +291,8 @@ def main() -> int:
     if openapi is not None:
         for note in openapi.notes:
             if note == "OPTIONS":
-                print("note: openapi OPTIONS operations skipped: preflight is answered by API Gateway "
-                      "CorsConfiguration and by cargo lambda watch, never by a function")
+                print("note: openapi OPTIONS operations skipped: preflight is answered by API Gateway's "
+                      "CORS configuration in the cloud, never by a route of the contract")
             else:
                 method, route_path = note.split(" ", 1)
                 extensions.add((method, normalize_path(route_path)))

@@ -266,7 +266,9 @@ def check_concurrency(template: dict, report: Report) -> None:
         return
     condition, param = reserved["Fn::If"][0], reserved["Fn::If"][1]["Ref"]
     spec = params.get(param, {})
-    off_at_zero = conditions.get(condition) == {"Fn::Not": [{"Fn::Equals": [{"Ref": param}, 0]}]}
+    # Ref of a Number parameter is its text; either spelling of zero compares equal.
+    off_at_zero = conditions.get(condition) in (
+        {"Fn::Not": [{"Fn::Equals": [{"Ref": param}, zero]}]} for zero in ("0", 0))
     headroom = DEFAULT_ACCOUNT_LIMIT - UNRESERVED_MINIMUM
     report.check(off_at_zero and spec.get("MinValue") == 0,
                  f"concurrency: {param}=0 reserves nothing (accounts too small to reserve any)",

@@ -92,6 +92,12 @@ CASES = [
     ("poll not granted the Query it calls",
      lambda t: function(t, "PollFunction", "                - dynamodb:Query\n", ""),
      None, None, "template", "FAIL iam: poll is granted everything it calls"),
+    ("health allowed only DescribeTable, as before (it calls GetItem)",
+     lambda t: replaced(t, "              Action: dynamodb:GetItem\n              Resource: !GetAtt Table.Arn\n"
+                           "              Condition:\n                ForAllValues:StringEquals:\n"
+                           "                  dynamodb:LeadingKeys: [HEALTH]\n",
+                        "              Action: dynamodb:DescribeTable\n              Resource: !GetAtt Table.Arn\n"),
+     None, None, "template", "FAIL iam: ice-servers is granted everything it calls"),
     ("health's GetItem limited to another partition",
      lambda t: replaced(t, "dynamodb:LeadingKeys: [HEALTH]", "dynamodb:LeadingKeys: [ROOM]"),
      None, None, "template", "FAIL iam: ice-servers dynamodb:GetItem limited"),

@@ -17,22 +17,15 @@ code.
 """
 
 import json
+import os
 import sys
 import threading
 import time
 import urllib.request
 import uuid
 
-
-def call(method, url, token=None, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if body is not None:
-        request.add_header("content-type", "application/json")
-    if token:
-        request.add_header("authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=40) as response:
-        return response.status, json.loads(response.read() or b"null")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cross_process_wakeup import call  # noqa: E402
 
 
 def main():
