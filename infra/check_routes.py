@@ -10,12 +10,15 @@ Sources compared, route by route:
 
 Every contract route must appear in every source with the same function; a route found in
 any source but not in the contract fails too. Not failures, but printed as notes:
-  - OPTIONS operations in the OpenAPI document (preflight is answered by API Gateway's
-    CorsConfiguration in the cloud and by `cargo lambda watch` locally, never by a function);
+  - OPTIONS operations in the OpenAPI document (preflight is answered by API Gateway's CORS
+    configuration in the cloud, and by the ice-servers function's CORS layer under
+    `cargo lambda watch --disable-cors`, never by a route of the contract);
   - OpenAPI operations marked `x-signalpost-extension: true` that neither the template nor
     the router serves (standalone-only extensions);
-The API Gateway catch-all (`$default`) is checked as one more item: it must go to the
-function that answers unknown routes, and match the router's catch-all if it has one.
+The API Gateway catch-all (`$default`) is checked as one more item: the template and the
+router must both have one (without it API Gateway answers unknown routes with its own
+`{"message":"Not Found"}`, and watch with its own body, not the contract's problem+json 404),
+and both must go to the function that answers unknown routes.
 
 Prints one line per checked item and ends with `N passed, M failed`; exits 1 on any failure.
 Stdlib only; uses PyYAML when it is importable (the lint virtualenv has it) and a small
@@ -288,8 +291,8 @@ def main() -> int:
     if openapi is not None:
         for note in openapi.notes:
             if note == "OPTIONS":
-                print("note: openapi OPTIONS operations skipped: preflight is answered by API Gateway "
-                      "CorsConfiguration and by cargo lambda watch, never by a function")
+                print("note: openapi OPTIONS operations skipped: preflight is answered by API Gateway's "
+                      "CORS configuration in the cloud, never by a route of the contract")
             else:
                 method, route_path = note.split(" ", 1)
                 extensions.add((method, normalize_path(route_path)))
@@ -339,26 +342,31 @@ def main() -> int:
             passed += 1
             print(f"ok   {method:<6} {route_path} -> {expected}  [{label}]")
 
-    # The catch-all: the template's $default (if any) and the router's {*rest} (if any).
+    # The catch-all: the template's $default and the router's {*rest}, both required.
     template, router = sources[0], sources[1]
     t_catch = {k: v for k, v in template.routes.items() if is_catch_all(k)}
     r_catch = {k: v for k, v in router.routes.items() if is_catch_all(k)}
-    if t_catch or r_catch:
-        problems = []
-        if set(t_catch) - {CATCH_ALL}:
-            problems.append("template catch-all must be the HttpApi event Path $default, Method ANY, "
-                            f"found {sorted(t_catch)}")
-        for name, found in (("template", t_catch), ("router", r_catch)):
-            for k, fn in found.items():
-                if fn != CATCH_ALL_FUNCTION:
-                    problems.append(f"{name} routes {k[0]} {k[1]} to {fn}, expected {CATCH_ALL_FUNCTION}")
-        where = " ".join(n for n, f in (("template", t_catch), ("router", r_catch)) if f)
-        if problems:
-            failed += 1
-            print(f"FAIL catch-all -> {CATCH_ALL_FUNCTION}: " + "; ".join(problems))
-        else:
-            passed += 1
-            print(f"ok   catch-all (unknown routes) -> {CATCH_ALL_FUNCTION}  [{where}]")
+    problems = []
+    if not t_catch:
+        problems.append("the template has no $default route (an HttpApi event with Path $default, "
+                        "Method ANY): API Gateway would answer unknown routes with its own 404 body")
+    if not r_catch:
+        problems.append("the router has no catch-all (\"/{*rest}\"): watch would answer unknown "
+                        "routes with its own 404 body")
+    if set(t_catch) - {CATCH_ALL}:
+        problems.append("template catch-all must be the HttpApi event Path $default, Method ANY, "
+                        f"found {sorted(t_catch)}")
+    for name, found in (("template", t_catch), ("router", r_catch)):
+        for k, fn in found.items():
+            if fn != CATCH_ALL_FUNCTION:
+                problems.append(f"{name} routes {k[0]} {k[1]} to {fn}, expected {CATCH_ALL_FUNCTION}")
+    where = " ".join(n for n, f in (("template", t_catch), ("router", r_catch)) if f)
+    if problems:
+        failed += 1
+        print(f"FAIL catch-all -> {CATCH_ALL_FUNCTION}: " + "; ".join(problems))
+    else:
+        passed += 1
+        print(f"ok   catch-all (unknown routes) -> {CATCH_ALL_FUNCTION}  [{where}]")
 
     if mirrored:
         print(f"note: {mirrored} router entries send a known path's other methods to "

@@ -9,7 +9,12 @@
 #   3. checkov on infra/template.yaml (its skip comments live in the template; the generated
 #      form is not fed to it, as it would lose them);
 #   4. `sam validate --lint`, only if sam is already installed;
-#   5. infra/check_routes.py: template, Cargo.toml watch router and shared/openapi.yaml agree.
+#   5. infra/check_routes.py: template, Cargo.toml watch router and shared/openapi.yaml agree,
+#      and unknown routes reach the function answering problem+json 404s ($default);
+#   6. infra/check_template.py on the transformed template: what makes a first deploy work
+#      (CORS block, parameter ranges equal to config.rs, the TURN Rules, poll concurrency) and
+#      IAM grants equal to the calls recorded in infra/iam-calls.json;
+#   7. infra/test_checks.py: each check of 5 and 6 fails on a copy with its defect.
 #
 # The tools live in a virtualenv at target/venv-infra (rebuilt by `cargo clean`), pinned so
 # that a new linter release cannot break the build without a commit. Findings are fixed or
@@ -47,6 +52,7 @@ run() {
 run "$venv/bin/cfn-lint" "$template"
 if "$venv/bin/python" infra/sam_transform.py "$transformed"; then
     run "$venv/bin/cfn-lint" "$transformed"
+    run "$venv/bin/python" infra/check_template.py template --transformed "$transformed"
 else
     status=1
 fi
@@ -58,6 +64,7 @@ else
     echo "sam not installed: skipping sam validate --lint"
 fi
 run "$venv/bin/python" infra/check_routes.py
+run "$venv/bin/python" infra/test_checks.py
 
 if ((status)); then
     echo "infra lint: FAILED"

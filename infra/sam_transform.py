@@ -9,11 +9,13 @@ replaces it. No AWS call is made (the region is a fixed placeholder).
 
 Writes the plain CloudFormation to the path given (default
 target/infra/template.transformed.json) so cfn-lint can check the generated resources too.
+`--template PATH` transforms another template (infra/test_checks.py feeds it broken copies).
 Exits 1 on a translator error.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -23,14 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "target" / "infra" / "template.transformed.json"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", type=Path,
+                        default=ROOT / "target" / "infra" / "template.transformed.json")
+    parser.add_argument("--template", type=Path, default=ROOT / "infra" / "template.yaml")
+    args = parser.parse_args()
+    out = args.out
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
     from cfnlint.decode import decode
     from samtranslator.model.exceptions import InvalidDocumentException
     from samtranslator.translator.transform import transform
 
-    template, errors = decode(str(ROOT / "infra" / "template.yaml"))
+    template, errors = decode(str(args.template))
     if errors:
         for error in errors:
             print(f"FAIL {error}")

@@ -7,10 +7,13 @@
 #      a local moto server) and the black-box API suite (hostile clients included) against
 #      the real signalpost binary, on both stores; the reliability suite;
 #   1b. the same black-box suite through the five Lambda functions under `cargo lambda watch`
-#      (installed from PyPI if missing), on SQLite and on DynamoDB;
+#      (installed from PyPI if missing), on SQLite and on DynamoDB, recording each function's
+#      DynamoDB and Secrets Manager calls for the IAM check;
 #   2. the OpenAPI document: valid OpenAPI 3.1, loadable by schemathesis;
 #   3. schemathesis against that binary: every response matches the document, no 5xx;
-#   4. the SAM template: cfn-lint, checkov, and the route lists agreeing;
+#   4. the SAM template: cfn-lint, checkov, the route lists agreeing, and what a first deploy
+#      needs (infra/check_template.py: CORS, parameter ranges, Rules, concurrency, IAM grants
+#      equal to the calls 1b recorded);
 #   5. real-browser end-to-end calls: headless Chromium (Debian's package: `apt-get install
 #      chromium`; .ci/run installs it) through web/signalpost.js and the demo page.
 set -euo pipefail

@@ -103,16 +103,17 @@ impl Config {
         Self::from_lookup(deployment, |name| std::env::var(name).ok())
     }
 
-    /// Reads the process environment, with `secret` (when given) as the signing secret in
-    /// place of `SIGNALPOST_SECRET`: a Lambda function fetches it from Secrets Manager at cold
-    /// start (`SIGNALPOST_SECRET_ARN`), so it never sits in the function's configuration.
-    pub fn from_env_with_secret(
+    /// Reads the process environment, with each `(variable, value)` of `fetched` in place of
+    /// that variable: a Lambda function fetches its secrets (`SIGNALPOST_SECRET`,
+    /// `SIGNALPOST_TURN_SECRET`) from Secrets Manager at cold start, by the ARN it is given, so
+    /// they never sit in the function's configuration.
+    pub fn from_env_with_secrets(
         deployment: Deployment,
-        secret: Option<String>,
+        fetched: Vec<(&'static str, String)>,
     ) -> Result<Self, ConfigError> {
         Self::from_lookup(
             deployment,
-            with_secret(secret, |name| std::env::var(name).ok()),
+            with_fetched(fetched, |name| std::env::var(name).ok()),
         )
     }
 
@@ -223,14 +224,17 @@ impl Config {
     }
 }
 
-/// `lookup`, except that `SIGNALPOST_SECRET` is `secret` when one is given.
-fn with_secret(
-    secret: Option<String>,
+/// `lookup`, except for the variables `fetched` gives values for.
+fn with_fetched(
+    fetched: Vec<(&'static str, String)>,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> impl Fn(&str) -> Option<String> {
-    move |name| match (&secret, name) {
-        (Some(secret), "SIGNALPOST_SECRET") => Some(secret.clone()),
-        _ => lookup(name),
+    move |name| {
+        fetched
+            .iter()
+            .find(|(variable, _)| *variable == name)
+            .map(|(_, value)| value.clone())
+            .or_else(|| lookup(name))
     }
 }
 
@@ -311,16 +315,26 @@ mod tests {
     }
 
     #[test]
-    fn a_fetched_secret_stands_in_for_the_variable() {
+    fn fetched_secrets_stand_in_for_their_variables() {
         let fetched = Config::from_lookup(
             Deployment::Lambda,
-            with_secret(Some("from-secrets-manager".into()), |_| None),
+            with_fetched(
+                vec![
+                    ("SIGNALPOST_SECRET", "from-secrets-manager".into()),
+                    ("SIGNALPOST_TURN_SECRET", "turn-from-secrets-manager".into()),
+                ],
+                |name| (name == "SIGNALPOST_TURN_URLS").then(|| "turn:t".into()),
+            ),
         )
-        .expect("the fetched secret satisfies Lambda");
+        .expect("the fetched secrets satisfy Lambda and TURN");
         assert_eq!(fetched.secret.expose(), b"from-secrets-manager");
         assert!(!fetched.secret_generated);
+        assert_eq!(
+            fetched.turn.as_ref().map(|turn| turn.secret.as_str()),
+            Some("turn-from-secrets-manager")
+        );
         assert!(!format!("{fetched:?}").contains("from-secrets-manager"));
-        let unset = Config::from_lookup(Deployment::Lambda, with_secret(None, |_| None));
+        let unset = Config::from_lookup(Deployment::Lambda, with_fetched(Vec::new(), |_| None));
         assert!(matches!(
             unset,
             Err(ConfigError::Missing("SIGNALPOST_SECRET"))

@@ -1,9 +1,9 @@
 //! Running as a Lambda function: the cold-start wiring every function binary shares, so each
 //! `main` is one line naming its [`Function`].
 //!
-//! At cold start, once: logs, the signing secret (from `SIGNALPOST_SECRET`, or fetched from
-//! Secrets Manager when only `SIGNALPOST_SECRET_ARN` is set), the configuration, the store and
-//! the function's router. Then the Lambda runtime feeds it API Gateway (payload 2.0) events
+//! At cold start, once: logs, the secrets (the signing secret from `SIGNALPOST_SECRET`, the
+//! TURN secret from `SIGNALPOST_TURN_SECRET`, or each fetched from Secrets Manager when only
+//! its `…_ARN` variable is set), the configuration, the store and the function's router. Then the Lambda runtime feeds it API Gateway (payload 2.0) events
 //! until the sandbox goes away. The router is the same axum router the standalone server
 //! uses, limited to this function's routes, so routing, extractors and the tower layers
 //! (CORS, body limit, panic guard) are the same code in every deployment.
@@ -22,6 +22,29 @@ use crate::store;
 
 /// The variable naming the Secrets Manager secret that holds the token signing secret.
 pub const SECRET_ARN_VAR: &str = "SIGNALPOST_SECRET_ARN";
+
+/// A secret a function may be given by value or by the ARN of a Secrets Manager secret.
+struct SecretVariable {
+    /// The variable holding the value, which wins when set.
+    value: &'static str,
+    /// The variable holding the ARN (or name) of the secret to fetch otherwise.
+    arn: &'static str,
+    /// What it is, for messages.
+    what: &'static str,
+}
+
+const SECRETS: [SecretVariable; 2] = [
+    SecretVariable {
+        value: "SIGNALPOST_SECRET",
+        arn: SECRET_ARN_VAR,
+        what: "the signing secret",
+    },
+    SecretVariable {
+        value: "SIGNALPOST_TURN_SECRET",
+        arn: "SIGNALPOST_TURN_SECRET_ARN",
+        what: "the TURN secret",
+    },
+];
 
 /// What the Lambda runtime client needs from the environment; checked first, so that starting
 /// a function binary by hand says what is wrong instead of panicking inside the runtime.
@@ -66,18 +89,18 @@ async fn start(function: Function) -> Result<axum::Router, String> {
             missing.join(", ")
         ));
     }
-    let fetched = match secret_arn()? {
-        Some(arn) => Some(fetch_secret(&arn).await?),
-        None => None,
-    };
-    let config = Config::from_env_with_secret(Deployment::Lambda, fetched).map_err(|error| {
-        match error {
-            ConfigError::Missing("SIGNALPOST_SECRET") => format!(
-                "SIGNALPOST_SECRET (the token signing secret) or {SECRET_ARN_VAR} (a Secrets Manager secret holding it) is required: every instance must sign with the same secret"
-            ),
-            other => other.to_string(),
-        }
-    })?;
+    let config =
+        Config::from_env_with_secrets(Deployment::Lambda, fetch_secrets().await?).map_err(
+            |error| match error {
+                ConfigError::Missing("SIGNALPOST_SECRET") => format!(
+                    "SIGNALPOST_SECRET (the token signing secret) or {SECRET_ARN_VAR} (a Secrets Manager secret holding it) is required: every instance must sign with the same secret"
+                ),
+                ConfigError::Missing(name) if name.starts_with("SIGNALPOST_TURN_SECRET ") => {
+                    format!("{error}; or SIGNALPOST_TURN_SECRET_ARN, a Secrets Manager secret holding it")
+                }
+                other => other.to_string(),
+            },
+        )?;
     if config.table.is_none() {
         // The embedded store (under `cargo lambda watch`): its file may sit in a directory that
         // does not exist yet, such as `target/` before the first build into it.
@@ -112,24 +135,23 @@ async fn start(function: Function) -> Result<axum::Router, String> {
     Ok(api_router(signalling, &[function]))
 }
 
-/// The secret's ARN (or name) when the secret is to be fetched: `SIGNALPOST_SECRET_ARN` set
-/// and `SIGNALPOST_SECRET` unset or empty (the value, where given, wins).
-fn secret_arn() -> Result<Option<String>, String> {
+/// Fetches every secret of [`SECRETS`] given by ARN only (its value variable unset or empty:
+/// the value, where given, wins), as `(value variable, value)` pairs for the configuration.
+async fn fetch_secrets() -> Result<Vec<(&'static str, String)>, String> {
     let set = |name: &str| {
         std::env::var(name)
             .ok()
-            .filter(|value| !value.trim().is_empty())
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
     };
-    if set("SIGNALPOST_SECRET").is_some() {
-        return Ok(None);
+    let wanted: Vec<(&SecretVariable, String)> = SECRETS
+        .iter()
+        .filter(|secret| set(secret.value).is_none())
+        .filter_map(|secret| set(secret.arn).map(|arn| (secret, arn)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(set(SECRET_ARN_VAR).map(|arn| arn.trim().to_owned()))
-}
-
-/// Reads the secret's current value (GetSecretValue) with the standard AWS configuration from
-/// the environment (region, credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`). The value is
-/// never logged: errors name the secret, not its contents.
-async fn fetch_secret(arn: &str) -> Result<String, String> {
     let config = aws_config::defaults(BehaviorVersion::latest())
         // The store client's settings: a stuck endpoint fails the init quickly.
         .timeout_config(crate::store::dynamo::DynamoStore::timeouts())
@@ -137,6 +159,24 @@ async fn fetch_secret(arn: &str) -> Result<String, String> {
         .load()
         .await;
     let client = aws_sdk_secretsmanager::Client::new(&config);
+    let mut fetched = Vec::with_capacity(wanted.len());
+    for (secret, arn) in wanted {
+        fetched.push((
+            secret.value,
+            fetch_secret(&client, &arn, secret.what).await?,
+        ));
+    }
+    Ok(fetched)
+}
+
+/// Reads one secret's current value (GetSecretValue) with the standard AWS configuration from
+/// the environment (region, credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`). The value is
+/// never logged: errors name the secret, not its contents.
+async fn fetch_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+    what: &str,
+) -> Result<String, String> {
     let output = client
         .get_secret_value()
         .secret_id(arn)
@@ -144,20 +184,20 @@ async fn fetch_secret(arn: &str) -> Result<String, String> {
         .await
         .map_err(|error| {
             format!(
-                "cannot read the signing secret {arn} from Secrets Manager: {}",
+                "cannot read {what} {arn} from Secrets Manager: {}",
                 DisplayErrorContext(&error)
             )
         })?;
     let value = match (output.secret_string(), output.secret_binary()) {
         (Some(text), _) => text.to_owned(),
         (None, Some(bytes)) => String::from_utf8(bytes.as_ref().to_vec())
-            .map_err(|_| format!("the signing secret {arn} is binary, not UTF-8 text"))?,
-        (None, None) => return Err(format!("the signing secret {arn} has no value")),
+            .map_err(|_| format!("{what} {arn} is binary, not UTF-8 text"))?,
+        (None, None) => return Err(format!("{what} {arn} has no value")),
     };
     if value.trim().is_empty() {
-        return Err(format!("the signing secret {arn} is empty"));
+        return Err(format!("{what} {arn} is empty"));
     }
-    tracing::info!(secret = arn, "read the signing secret from Secrets Manager");
+    tracing::info!(secret = arn, "read {what} from Secrets Manager");
     Ok(value)
 }
 

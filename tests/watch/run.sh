@@ -15,7 +15,11 @@
 #    starts one watch per test environment, each on a free loopback port with its own SQLite
 #    file, and stops them (their whole process groups) when the tests end.
 # DynamoDB: moto on loopback, SIGNALPOST_TABLE and AWS_ENDPOINT_URL_DYNAMODB passed through to
-# the functions, the table created first with `signalpost create-table`.
+# the functions, the table created first with `signalpost create-table`. The functions reach
+# moto through tests/watch/record_aws.py, which records each function's calls; then
+# tests/watch/secret_arn.py starts each function with its secrets by ARN (recording those
+# calls too), and infra/check_template.py fails on a call infra/iam-calls.json (the record the
+# template's IAM policies are checked against) does not hold.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root="$PWD"
@@ -61,9 +65,11 @@ stop_watch() {
     watch_dir=""
 }
 moto_pid=""
+recorder_pid=""
 stop_all() {
     stop_watch
     if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; fi
+    if [ -n "$recorder_pid" ]; then kill "$recorder_pid" 2>/dev/null || true; fi
 }
 trap stop_all EXIT
 
@@ -104,6 +110,10 @@ smoke() {
     echo "preflight: $origins Access-Control-Allow-Origin header(s)"
     [ "$origins" = 1 ]
     python3 "$root/tests/watch/cross_process_wakeup.py" "$base"
+    if [ -n "${2:-}" ]; then
+        # $2: the recording proxy between the functions and moto, which can stall a writer.
+        python3 "$root/tests/watch/stalled_writer.py" "$base" "$2"
+    fi
     stop_watch
 }
 
@@ -137,8 +147,25 @@ for store in "${stores[@]}"; do
     dynamodb-inside-moto)
         # Inside with-moto.sh: SIGNALPOST_TABLE and the AWS variables are set, and the
         # harness passes them through to the functions.
-        smoke "DynamoDB"
+        records="$target/infra"
+        mkdir -p "$records"
+        rm -f "$records/recorder.port"
+        python3 tests/watch/record_aws.py "$AWS_ENDPOINT_URL_DYNAMODB" "$records/calls-dynamodb.json" \
+            --port-file "$records/recorder.port" &
+        recorder_pid=$!
+        for _ in $(seq 1 100); do
+            [ -s "$records/recorder.port" ] && break
+            sleep 0.1
+        done
+        export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$(cat "$records/recorder.port")"
+        smoke "DynamoDB" "$AWS_ENDPOINT_URL_DYNAMODB"
         suite "DynamoDB"
+        kill "$recorder_pid"
+        recorder_pid=""
+        section "each function's AWS calls, against the record of infra/iam-calls.json"
+        PATH="$target/venv-moto/bin:$PATH" "$target/venv-moto/bin/python" tests/watch/secret_arn.py \
+            "$target/debug" --calls "$records/calls-secrets.json"
+        python3 infra/check_template.py record "$records/calls-dynamodb.json" "$records/calls-secrets.json"
         ;;
     *)
         echo "unknown store: $store (sqlite or dynamodb)" >&2
