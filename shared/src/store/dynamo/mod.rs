@@ -63,6 +63,8 @@ mod table;
 mod tests;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,6 +102,21 @@ const MAX_READ_ROUNDS: u32 = 3;
 const TOMBSTONE_MIN_LIFE_MS: Millis = 600_000;
 /// Gaps remembered by this process, beyond which the oldest are forgotten.
 const MAX_NOTICED_GAPS: usize = 10_000;
+
+/// A point inside a post or a read where tests can stall the store, to force an interleaving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// A delivery is about to allocate (the post has read the room's members).
+    Allocate { attempt: u32 },
+    /// A delivery has allocated and is about to commit.
+    Commit { attempt: u32 },
+    /// A read has Queried the inbox and is about to tombstone a gap.
+    Tombstone,
+}
+
+/// A hook run at each [`Step`]; `None` outside tests.
+pub(super) type Hook<'a> =
+    Option<&'a (dyn Fn(Step) -> Pin<Box<dyn Future<Output = ()> + Send>> + Sync)>;
 
 /// DynamoDB requests sent by one store, for measuring cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -313,7 +330,7 @@ impl Store for DynamoStore {
         limit: usize,
         now: Millis,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.read_inbox(room, peer, after, limit, now).await
+        self.read_inbox(room, peer, after, limit, now, None).await
     }
 
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError> {

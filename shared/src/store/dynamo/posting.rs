@@ -2,8 +2,6 @@
 //! sent-id items, giving up allocations, idempotency, the flood limit and server notices.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 
 use aws_sdk_dynamodb::types::{ConditionCheck, ReturnValue, TransactWriteItem};
 
@@ -12,7 +10,7 @@ use super::items::{
     message_item, n, room_pk, sent_item, sent_pk, sent_sk, seq_sk, void_item,
 };
 use super::{
-    DynamoStore, MAX_COMMIT_ATTEMPTS, MAX_POST_ROUNDS, MAX_TRANSACTION_ITEMS,
+    DynamoStore, Hook, MAX_COMMIT_ATTEMPTS, MAX_POST_ROUNDS, MAX_TRANSACTION_ITEMS, Step,
     TOMBSTONE_MIN_LIFE_MS, cancellation, condition_failed, conditional_put, unavailable,
     unavailable_because,
 };
@@ -23,10 +21,6 @@ use crate::store::{
     PostRequest, Posted, RateLimit, Seq, StoreError, Timing, distinct_recipients,
     resolve_recipients,
 };
-
-/// A hook run between allocation and commit, so tests can stall a writer there.
-type BeforeCommit<'a> =
-    Option<&'a (dyn Fn(u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Sync)>;
 
 /// A range of sequence numbers allocated in one recipient's inbox, with the messages for it.
 #[derive(Clone, Debug)]
@@ -251,12 +245,15 @@ impl DynamoStore {
     async fn deliver(
         &self,
         delivery: &Delivery<'_>,
-        before_commit: BeforeCommit<'_>,
+        hook: Hook<'_>,
     ) -> Result<Outcome, StoreError> {
         let Delivery {
             room, from, timing, ..
         } = *delivery;
         for attempt in 0..MAX_COMMIT_ATTEMPTS {
+            if let Some(hook) = hook {
+                hook(Step::Allocate { attempt }).await;
+            }
             let mut allocations = Vec::with_capacity(delivery.plan.len());
             for (recipient, entries) in &delivery.plan {
                 match self
@@ -279,8 +276,8 @@ impl DynamoStore {
                     }
                 }
             }
-            if let Some(hook) = before_commit {
-                hook(attempt).await;
+            if let Some(hook) = hook {
+                hook(Step::Commit { attempt }).await;
             }
             match self
                 .commit(room, from, &allocations, &delivery.sent, timing)
@@ -456,11 +453,11 @@ impl DynamoStore {
         Err(unavailable_because("the rate-limit count kept changing"))
     }
 
-    /// A post, with a hook between allocation and commit for tests.
+    /// A post, with a hook for tests at each [`Step`].
     pub(super) async fn post_with(
         &self,
         request: PostRequest,
-        before_commit: BeforeCommit<'_>,
+        hook: Hook<'_>,
     ) -> Result<Posted, StoreError> {
         let PostRequest {
             room,
@@ -574,7 +571,7 @@ impl DynamoStore {
                 strict: true,
                 timing,
             };
-            match self.deliver(&delivery, before_commit).await? {
+            match self.deliver(&delivery, hook).await? {
                 Outcome::Delivered(_) => return Ok(Posted { ids, recipients }),
                 Outcome::Repeats(repeats) => {
                     for index in repeats {

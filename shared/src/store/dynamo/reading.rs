@@ -5,8 +5,8 @@ use super::items::{
     InboxItem, get_n, inbox_pk, key, member, member_sk, room_pk, seq_sk, void_item,
 };
 use super::{
-    DynamoStore, GAP_TIMEOUT_MS, MAX_NOTICED_GAPS, MAX_READ_ROUNDS, MAX_TRANSACTION_ITEMS,
-    TOMBSTONE_MIN_LIFE_MS, cancellation, conditional_put, unavailable,
+    DynamoStore, GAP_TIMEOUT_MS, Hook, MAX_NOTICED_GAPS, MAX_READ_ROUNDS, MAX_TRANSACTION_ITEMS,
+    Step, TOMBSTONE_MIN_LIFE_MS, cancellation, conditional_put, unavailable,
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
@@ -91,6 +91,7 @@ impl DynamoStore {
         }
     }
 
+    /// A read, with a hook for tests before each tombstone.
     pub(super) async fn read_inbox(
         &self,
         room: &RoomId,
@@ -98,6 +99,7 @@ impl DynamoStore {
         after: Seq,
         limit: usize,
         now: Millis,
+        hook: Hook<'_>,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -160,6 +162,9 @@ impl DynamoStore {
                 return Ok(messages);
             }
             let expires_at = blocked.expires_at_ms.max(now + TOMBSTONE_MIN_LIFE_MS);
+            if let Some(hook) = hook {
+                hook(Step::Tombstone).await;
+            }
             self.tombstone(&inbox, expected, blocked.first - 1, expires_at)
                 .await?;
         }
