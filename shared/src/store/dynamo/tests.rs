@@ -552,11 +552,30 @@ async fn a_readers_tombstone_never_hides_the_start_of_a_committed_batch() {
 #[derive(Clone, Debug, Default)]
 struct LoseNextPutResponse {
     armed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while the armed PutItem is on the wire.
+    losing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl aws_sdk_dynamodb::config::Intercept for LoseNextPutResponse {
     fn name(&self) -> &'static str {
         "LoseNextPutResponse"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let is_put = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .is_some_and(|target| target.ends_with(".PutItem"));
+        if is_put && self.armed.swap(false, Ordering::SeqCst) {
+            self.losing.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     fn modify_before_deserialization(
@@ -565,12 +584,7 @@ impl aws_sdk_dynamodb::config::Intercept for LoseNextPutResponse {
         _components: &aws_sdk_dynamodb::config::RuntimeComponents,
         _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
     ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
-        let is_put = context
-            .inner()
-            .request()
-            .and_then(|request| request.headers().get("x-amz-target"))
-            .is_some_and(|target| target.ends_with(".PutItem"));
-        if is_put && self.armed.swap(false, Ordering::SeqCst) {
+        if self.losing.swap(false, Ordering::SeqCst) {
             *context.response_mut().status_mut() = 500u16.try_into().expect("a status code");
         }
         Ok(())
