@@ -25,6 +25,8 @@ macro_rules! store_conformance_tests {
             non_member_cannot_post,
             repeated_client_ids_are_stored_once,
             a_repeat_to_a_peer_who_left_gets_its_first_ids,
+            a_repeat_to_a_full_inbox_gets_its_first_ids,
+            repeats_at_the_flood_limit_get_their_first_ids_and_do_not_count,
             reads_replay_from_any_cursor,
             expired_messages_are_never_read,
             touch_reports_head_and_acknowledgements_free_the_inbox,
@@ -414,6 +416,87 @@ pub async fn a_repeat_to_a_peer_who_left_gets_its_first_ids(store: Arc<dyn Store
     assert!(
         matches!(fresh, Err(StoreError::NoSuchRecipient(_))),
         "a new message to bob is still refused"
+    );
+}
+
+pub async fn a_repeat_to_a_full_inbox_gets_its_first_ids(store: Arc<dyn Store>) {
+    // The first attempt filled bob's inbox but its answer was lost: the retry is recognised
+    // before the inbox limit is checked.
+    let room = unique_room("repeat-full-inbox");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let post = |text: &str, client_id: &str| PostRequest {
+        inbox_limit: 1,
+        ..post_request(
+            &room,
+            &alice,
+            vec![app_message(Some(&bob), text, Some(client_id))],
+        )
+    };
+    let first = store
+        .post(post("fills", "f-1"))
+        .await
+        .expect("post succeeds");
+    let retry = store
+        .post(post("fills", "f-1"))
+        .await
+        .expect("the retry is answered as the first attempt was");
+    assert_eq!(retry.ids, first.ids);
+    let fresh = store.post(post("more", "f-2")).await;
+    assert!(
+        matches!(fresh, Err(StoreError::InboxFull(ref peer)) if *peer == bob),
+        "a new message to the full inbox is still refused: {fresh:?}"
+    );
+    assert_eq!(
+        texts(&read_all(&*store, &room, &bob).await, MessageKind::Message),
+        ["fills"]
+    );
+}
+
+pub async fn repeats_at_the_flood_limit_get_their_first_ids_and_do_not_count(
+    store: Arc<dyn Store>,
+) {
+    // Issue 19, item 8: a retried post near the flood limit gets its original ids, and a
+    // post made only of repeats does not use up the window.
+    let room = unique_room("repeat-flood");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let post = |text: &str, client_id: &str| {
+        let request = PostRequest {
+            rate_limit: RateLimit {
+                posts: 3,
+                window_ms: 60_000,
+            },
+            ..post_request(
+                &room,
+                &alice,
+                vec![app_message(Some(&bob), text, Some(client_id))],
+            )
+        };
+        let store = Arc::clone(&store);
+        async move { store.post(request).await }
+    };
+    let first = post("p1", "r-1").await.expect("1st post of 3");
+    let again = post("p1", "r-1").await.expect("a repeat is answered");
+    assert_eq!(again.ids, first.ids);
+    post("p2", "r-2").await.expect("2nd post of 3");
+    let third = post("p3", "r-3")
+        .await
+        .expect("3rd post of 3: the repeat did not count");
+    let at_limit = post("p3", "r-3").await;
+    assert!(
+        matches!(at_limit, Ok(ref posted) if posted.ids == third.ids),
+        "a repeat at the limit gets its first ids, not 429: {at_limit:?}"
+    );
+    assert!(
+        matches!(post("p4", "r-4").await, Err(StoreError::RateLimited { .. })),
+        "a new post is still refused"
+    );
+    assert_eq!(
+        texts(&read_all(&*store, &room, &bob).await, MessageKind::Message),
+        ["p1", "p2", "p3"]
     );
 }
 

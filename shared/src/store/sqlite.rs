@@ -374,7 +374,10 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
         .map(|member| member.peer)
         .collect();
     let deliveries = resolve_recipients(&member_ids, &request.sender, &fresh)?;
-    count_post(transaction, &request)?;
+    // A post made only of repeats (a retry) delivers nothing, so it does not count.
+    if !fresh.is_empty() {
+        count_post(transaction, &request)?;
+    }
     let recipients = distinct_recipients(&deliveries);
 
     for recipient in &recipients {

@@ -239,6 +239,19 @@ pub(super) fn message_item(
     item
 }
 
+/// Whether `item` is a message item holding exactly `entries` (compared by their ids, which
+/// are minted afresh for every post).
+pub(super) fn holds_entries(item: &Item, entries: &[Entry]) -> bool {
+    let Some(AttributeValue::L(list)) = item.get(inbox::MESSAGES) else {
+        return false;
+    };
+    list.len() == entries.len()
+        && list.iter().zip(entries).all(|(value, entry)| {
+            matches!(value, AttributeValue::M(stored)
+                if matches!(stored.get(inbox::ID), Some(AttributeValue::S(id)) if id == entry.id.as_str()))
+        })
+}
+
 /// A tombstone for `first..=last`: the numbers will never hold a message.
 pub(super) fn void_item(inbox_pk: String, first: Seq, last: Seq, expires_at: Millis) -> Item {
     let mut item = key(inbox_pk, seq_sk(last));

@@ -21,26 +21,60 @@
 //!
 //! **Inbox order.** Each member item's `lastSeq` is its inbox head. A post (1) Queries the
 //! room's members, resolves recipients and checks inbox limits, (2) allocates a range of
-//! sequence numbers per recipient with `ADD lastSeq :k`, and (3) writes, in ONE
-//! `TransactWriteItems` (a plain conditional put when that is one item), one inbox item per
-//! recipient (conditional on its key being free and,
-//! for a range of several numbers, on no tombstone at its first number) plus the idempotency
-//! items of its client ids. Writers can commit out of order, so a reader returns only the
-//! contiguous run after its cursor. A gap that lasts [`GAP_TIMEOUT_MS`] (the allocation is
-//! that old, or this process noticed the gap that long ago) means a writer stalled or died:
-//! the reader writes a tombstone on each missing number, in one transaction of conditional
-//! puts, and a late writer then fails its commit, allocates afresh and retries, so nothing
-//! accepted is lost and no sender's order breaks. A writer that gives up an allocation writes
-//! a tombstone over it itself so readers need not wait.
+//! sequence numbers per recipient with `ADD lastSeq :k`, dating it in `lastSeqAt` (the time of
+//! that allocation, never moved back), and (3) writes, in ONE `TransactWriteItems` (a plain
+//! conditional put when that is one item), one inbox item per recipient (conditional on its
+//! key being free and, for a range of several numbers, on no tombstone at its first number)
+//! plus the idempotency items of its client ids. Writers can commit out of order, so a reader
+//! returns only the contiguous run after its cursor. A gap whose newest allocation is older
+//! than [`GAP_TIMEOUT_MS`] (longer than a commit can take) means a writer stalled or died: the
+//! reader writes a tombstone on each missing number, in one transaction of conditional puts,
+//! and a late writer then fails its commit, allocates afresh and retries, so nothing accepted
+//! is lost and no sender's order breaks. A writer that gives up an allocation writes a
+//! tombstone over it itself so readers need not wait. The age of a gap's newest allocation is
+//! known when `lastSeqAt` is that old (every allocation is then older), or when this process
+//! saw a number at or above the gap's top already allocated that long ago (numbers are
+//! allocated in order).
 //!
 //! Inbox items are keyed by the LAST number they cover, so a Query for `sk > SEQ#{cursor}`
 //! finds the item a cursor points into the middle of (a read may stop part-way through a
 //! batch), with no extra read.
 //!
+//! **Why a tombstone never hides a committed message.** Allocations are disjoint ranges
+//! `[a, b]`, each committed (if ever) as one item keyed at `b`. A reader tombstones a range
+//! `[f, l]` only when its Query found nothing in it and an item `B` starting at `l + 1`; it
+//! writes one tombstone per number, each on condition that its key is free, all or nothing.
+//! When the range is longer than a transaction holds, it keeps the top hundred numbers
+//! (`f = max(f, l - 99)`), so it always ends at `l`; the next round continues below.
+//!
+//! *Claim:* if the transaction succeeds, every allocation `A = [a, b]` it touches has its key
+//! `b` in `[f, l]`, or had `b` tombstoned by an earlier transaction. Suppose `b > l`. Then
+//! `A` holds `l + 1`, B's first number. B is not a message item nor a writer's own tombstone:
+//! each of those covers exactly one allocation, which would overlap `A`. So B is a reader's
+//! tombstone at `l + 1`, written by an earlier successful transaction that touched `A`; by
+//! induction (over transactions in commit order) that one covered `b` or came after one that
+//! did.
+//!
+//! *Hence:* if `A` committed before the transaction, its item at `b` makes the transaction
+//! fail (or `b` was tombstoned first, and `A` never committed); if not, the tombstone at `b`
+//! makes `A`'s commit fail, and `A` allocates afresh. Either way no tombstone lies on a number
+//! of a committed item, so a reader never skips a message that was answered `202`. (Cut the
+//! other way, keeping the bottom, the range could end inside a batch whose key is above it: a
+//! batch committed between the reader's Query and its transaction then lost its first
+//! numbers.)
+//! Expiry does not change this: TTL removes only expired items, whose numbers hold nothing
+//! readable, and a tombstone outlives any commit that could still come
+//! ([`TOMBSTONE_MIN_LIFE_MS`]).
+//!
 //! **Idempotency.** A sent-id item is put in the same transaction as the messages, on
 //! condition that none is live. If the transaction fails on one, the post reads the earlier
 //! ids, tombstones its allocations and runs again without the repeats: repeats cost more, the
-//! ordinary post costs no read.
+//! ordinary post costs no read. A post refused for its recipients, an inbox limit or the flood
+//! limit also reads its client ids first, since a retry of a post that committed may meet a
+//! refusal its first attempt did not; a post that delivers nothing (repeats only) takes back
+//! its flood count. The SDK retries a request whose response was lost: a transaction carries
+//! an idempotency token, and a single put that finds its own messages already there counts as
+//! done.
 //!
 //! **Presence.** `touch` updates the member item (`lastSeen`, `ackedSeq`, expiry) and returns
 //! its `lastSeq`. Departures are conditional deletes of member items: only the caller whose
@@ -62,7 +96,9 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,9 +118,17 @@ use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
 use crate::message::{LeaveReason, StoredMessage};
 
+/// Each request's limit, retries included (see [`DynamoStore::timeouts`]).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts of each request (the first and two retries).
+const REQUEST_ATTEMPTS: u32 = 3;
 /// How long a reader waits for an allocated sequence number to be written before it gives up
-/// on it with a tombstone.
-pub const GAP_TIMEOUT_MS: Millis = 2_000;
+/// on it with a tombstone: longer than a commit can take (the operation timeout covers its
+/// retries already; times the attempts for margin, plus a second), so that a writer that is
+/// still working is not overtaken. Giving up on a live writer loses nothing (its commit fails
+/// and it allocates again), but repeated, it ends in `503`.
+pub const GAP_TIMEOUT_MS: Millis =
+    OPERATION_TIMEOUT.as_millis() as Millis * REQUEST_ATTEMPTS as Millis + 1_000;
 /// DynamoDB's limit on the items of one transaction.
 const MAX_TRANSACTION_ITEMS: u64 = 100;
 /// Allocate-and-commit attempts of one delivery before giving up (each retry follows a
@@ -100,6 +144,21 @@ const MAX_READ_ROUNDS: u32 = 3;
 const TOMBSTONE_MIN_LIFE_MS: Millis = 600_000;
 /// Gaps remembered by this process, beyond which the oldest are forgotten.
 const MAX_NOTICED_GAPS: usize = 10_000;
+
+/// A point inside a post or a read where tests can stall the store, to force an interleaving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// A delivery is about to allocate (the post has read the room's members).
+    Allocate { attempt: u32 },
+    /// A delivery has allocated and is about to commit.
+    Commit { attempt: u32 },
+    /// A read has Queried the inbox and is about to tombstone a gap.
+    Tombstone,
+}
+
+/// A hook run at each [`Step`]; `None` outside tests.
+pub(super) type Hook<'a> =
+    Option<&'a (dyn Fn(Step) -> Pin<Box<dyn Future<Output = ()> + Send>> + Sync)>;
 
 /// DynamoDB requests sent by one store, for measuring cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,8 +185,10 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     counters: Arc<Counters>,
-    /// When this process first saw each unfilled inbox position: `(inbox key, seq) → now`.
-    noticed_gaps: Arc<Mutex<HashMap<(String, Seq), Millis>>>,
+    /// When this process first saw each inbox position already allocated but unfilled (the
+    /// top of a gap): `(inbox key, seq) → now`. Ordered, so that a read can ask for the
+    /// earliest sighting of any position at or above its own.
+    noticed_gaps: Arc<Mutex<BTreeMap<(String, Seq), Millis>>>,
 }
 
 fn unavailable<E: std::error::Error + Send + Sync + 'static>(error: E) -> StoreError {
@@ -192,7 +253,7 @@ impl DynamoStore {
     pub async fn connect(table: String) -> Result<Self, StoreError> {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(Self::timeouts())
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .retry_config(RetryConfig::standard().with_max_attempts(REQUEST_ATTEMPTS))
             .load()
             .await;
         Self::from_client(Client::new(&config), table)
@@ -202,7 +263,7 @@ impl DynamoStore {
     pub fn timeouts() -> TimeoutConfig {
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(1))
-            .operation_timeout(Duration::from_secs(3))
+            .operation_timeout(OPERATION_TIMEOUT)
             .build()
     }
 
@@ -313,7 +374,7 @@ impl Store for DynamoStore {
         limit: usize,
         now: Millis,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.read_inbox(room, peer, after, limit, now).await
+        self.read_inbox(room, peer, after, limit, now, None).await
     }
 
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError> {

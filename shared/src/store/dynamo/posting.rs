@@ -2,31 +2,29 @@
 //! sent-id items, giving up allocations, idempotency, the flood limit and server notices.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
+use std::time::Instant;
 
-use aws_sdk_dynamodb::types::{ConditionCheck, ReturnValue, TransactWriteItem};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{
+    ConditionCheck, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 
 use super::items::{
-    self, Entry, Item, SENT_MESSAGE_ID, get_n, get_s, inbox_pk, key, member, member_sk,
-    message_item, n, room_pk, sent_item, sent_pk, sent_sk, seq_sk, void_item,
+    self, Entry, Item, SENT_MESSAGE_ID, get_n, get_s, holds_entries, inbox_pk, key, member,
+    member_sk, message_item, n, room_pk, sent_item, sent_pk, sent_sk, seq_sk, void_item,
 };
 use super::{
-    DynamoStore, MAX_COMMIT_ATTEMPTS, MAX_POST_ROUNDS, MAX_TRANSACTION_ITEMS,
+    DynamoStore, Hook, MAX_COMMIT_ATTEMPTS, MAX_POST_ROUNDS, MAX_TRANSACTION_ITEMS, Step,
     TOMBSTONE_MIN_LIFE_MS, cancellation, condition_failed, conditional_put, unavailable,
     unavailable_because,
 };
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
-use crate::message::MessageKind;
+use crate::message::{MessageKind, Outgoing};
 use crate::store::{
     PostRequest, Posted, RateLimit, Seq, StoreError, Timing, distinct_recipients,
     resolve_recipients,
 };
-
-/// A hook run between allocation and commit, so tests can stall a writer there.
-type BeforeCommit<'a> =
-    Option<&'a (dyn Fn(u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Sync)>;
 
 /// A range of sequence numbers allocated in one recipient's inbox, with the messages for it.
 #[derive(Clone, Debug)]
@@ -59,50 +57,91 @@ enum Outcome {
     Repeats(Vec<usize>),
 }
 
+/// One recipient's part of a delivery.
+struct Part {
+    recipient: PeerId,
+    entries: Vec<Entry>,
+    /// Whether the recipient being gone fails the delivery (a client named it) or it is
+    /// skipped (it was only reached by a broadcast, or by a message the server sends).
+    required: bool,
+}
+
 /// The messages of one delivery, per recipient in first-seen order.
 struct Delivery<'a> {
     room: &'a RoomId,
     from: &'a PeerId,
-    plan: Vec<(PeerId, Vec<Entry>)>,
+    plan: Vec<Part>,
     /// Sent-id items to write with the messages.
     sent: Vec<Item>,
-    /// Whether a recipient that is gone fails the delivery (client posts) or is skipped
-    /// (messages the server sends about joins and departures).
-    strict: bool,
     timing: Timing,
+    /// When `timing.now` was taken: an allocation is dated `timing.now` plus the time since.
+    began: Instant,
+}
+
+/// What every round of one post shares.
+struct PostContext<'a> {
+    room: &'a RoomId,
+    sender: &'a PeerId,
+    inbox_limit: u64,
+    rate_limit: RateLimit,
+    timing: Timing,
+    /// When `timing.now` was taken.
+    began: Instant,
+}
+
+/// What a conditional put found.
+enum Put {
+    Done,
+    /// An item with its key exists: this one, when the service returned it.
+    Exists(Option<Item>),
 }
 
 impl DynamoStore {
-    /// Allocates `count` sequence numbers in `recipient`'s inbox; the first of them, or `None`
-    /// if the recipient is not a member.
+    /// Allocates `count` sequence numbers in `recipient`'s inbox, dated `at`; the first of
+    /// them, or `None` if the recipient is not a member at `now`. The member's `lastSeqAt`
+    /// becomes `at` unless it is already later (another process's clock may run ahead): it
+    /// never goes back, so readers can trust it as the date of the newest allocation.
     async fn allocate(
         &self,
         room: &RoomId,
         recipient: &PeerId,
         count: usize,
         now: Millis,
+        at: Millis,
     ) -> Result<Option<Seq>, StoreError> {
-        self.count_write(1);
-        let updated = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(room_pk(room), member_sk(recipient))))
-            .update_expression("ADD lastSeq :count SET lastSeqAt = :now")
-            .condition_expression("attribute_exists(pk) AND expiresAtMs > :now")
-            .expression_attribute_values(":count", n(count))
-            .expression_attribute_values(":now", n(now))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await;
-        match updated {
-            Ok(output) => {
-                let head: Seq = get_n(&output.attributes.unwrap_or_default(), member::LAST_SEQ)?;
-                Ok(Some(head + 1 - count as u64))
+        const ALIVE: &str = "attribute_exists(pk) AND expiresAtMs > :now";
+        let dated = format!("{ALIVE} AND lastSeqAt <= :at");
+        // The second form only runs when the first fails: rare, as dates go forward.
+        let forms = [
+            ("ADD lastSeq :count SET lastSeqAt = :at", dated.as_str()),
+            ("ADD lastSeq :count", ALIVE),
+        ];
+        for (update, condition) in forms {
+            self.count_write(1);
+            let mut request = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(room_pk(room), member_sk(recipient))))
+                .update_expression(update)
+                .condition_expression(condition)
+                .expression_attribute_values(":count", n(count))
+                .expression_attribute_values(":now", n(now))
+                .return_values(ReturnValue::UpdatedNew);
+            if update.contains(":at") {
+                request = request.expression_attribute_values(":at", n(at));
             }
-            Err(error) if condition_failed(&error) => Ok(None),
-            Err(error) => Err(unavailable(error)),
+            match request.send().await {
+                Ok(output) => {
+                    let head: Seq =
+                        get_n(&output.attributes.unwrap_or_default(), member::LAST_SEQ)?;
+                    return Ok(Some(head + 1 - count as u64));
+                }
+                Err(error) if condition_failed(&error) => {}
+                Err(error) => return Err(unavailable(error)),
+            }
         }
+        Ok(None)
     }
 
     /// Writes allocated messages and sent-id items in one transaction.
@@ -128,8 +167,15 @@ impl DynamoStore {
                 &allocation.entries,
             );
             return match self.put_if_absent(item).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(CommitError::Conflict),
+                Ok(Put::Done) => Ok(()),
+                // The SDK retried a put whose response was lost, and the first one had
+                // succeeded: the item there holds these very messages.
+                Ok(Put::Exists(Some(existing)))
+                    if holds_entries(&existing, &allocation.entries) =>
+                {
+                    Ok(())
+                }
+                Ok(Put::Exists(_)) => Err(CommitError::Conflict),
                 Err(error) => Err(CommitError::Store(error)),
             };
         }
@@ -228,8 +274,9 @@ impl DynamoStore {
     }
 
     /// Puts `item` unless an item with its key exists (a reader's tombstone, or a commit that
-    /// already happened): `Ok(false)` then.
-    async fn put_if_absent(&self, item: Item) -> Result<bool, StoreError> {
+    /// already happened, perhaps by this very put on an earlier attempt): then returns that
+    /// item.
+    async fn put_if_absent(&self, item: Item) -> Result<Put, StoreError> {
         self.count_write(1);
         let result = self
             .client
@@ -237,12 +284,17 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(error) if condition_failed(&error) => Ok(false),
-            Err(error) => Err(unavailable(error)),
+            Ok(_) => Ok(Put::Done),
+            Err(error) => match error.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                    Ok(Put::Exists(failed.item().cloned()))
+                }
+                _ => Err(unavailable(error)),
+            },
         }
     }
 
@@ -251,27 +303,32 @@ impl DynamoStore {
     async fn deliver(
         &self,
         delivery: &Delivery<'_>,
-        before_commit: BeforeCommit<'_>,
+        hook: Hook<'_>,
     ) -> Result<Outcome, StoreError> {
         let Delivery {
             room, from, timing, ..
         } = *delivery;
         for attempt in 0..MAX_COMMIT_ATTEMPTS {
+            if let Some(hook) = hook {
+                hook(Step::Allocate { attempt }).await;
+            }
             let mut allocations = Vec::with_capacity(delivery.plan.len());
-            for (recipient, entries) in &delivery.plan {
+            for part in &delivery.plan {
+                let at = timing.now
+                    + Millis::try_from(delivery.began.elapsed().as_millis()).unwrap_or(0);
                 match self
-                    .allocate(room, recipient, entries.len(), timing.now)
+                    .allocate(room, &part.recipient, part.entries.len(), timing.now, at)
                     .await
                 {
                     Ok(Some(first)) => allocations.push(Allocation {
-                        recipient: recipient.clone(),
+                        recipient: part.recipient.clone(),
                         first,
-                        entries: entries.clone(),
+                        entries: part.entries.clone(),
                     }),
-                    Ok(None) if !delivery.strict => {}
+                    Ok(None) if !part.required => {}
                     Ok(None) => {
                         self.abandon(room, &allocations, timing).await;
-                        return Err(StoreError::NoSuchRecipient(recipient.clone()));
+                        return Err(StoreError::NoSuchRecipient(part.recipient.clone()));
                     }
                     Err(error) => {
                         self.abandon(room, &allocations, timing).await;
@@ -279,8 +336,8 @@ impl DynamoStore {
                     }
                 }
             }
-            if let Some(hook) = before_commit {
-                hook(attempt).await;
+            if let Some(hook) = hook {
+                hook(Step::Commit { attempt }).await;
             }
             match self
                 .commit(room, from, &allocations, &delivery.sent, timing)
@@ -332,11 +389,15 @@ impl DynamoStore {
             from,
             plan: recipients
                 .iter()
-                .map(|recipient| (recipient.clone(), vec![entry.clone()]))
+                .map(|recipient| Part {
+                    recipient: recipient.clone(),
+                    entries: vec![entry.clone()],
+                    required: false,
+                })
                 .collect(),
             sent: Vec::new(),
-            strict: false,
             timing,
+            began: Instant::now(),
         };
         match self.deliver(&delivery, None).await? {
             Outcome::Delivered(reached) => Ok(reached),
@@ -377,14 +438,15 @@ impl DynamoStore {
     /// Counts one post against `sender`'s flood limit on its member item: one more in the
     /// open window, or a new window opened by this post once the last has ended. Refuses the
     /// post when the window is full. Each step is one conditional update, so processes
-    /// sharing the table agree on the count; a concurrent change retries (bounded).
+    /// sharing the table agree on the count; a concurrent change retries (bounded). Returns
+    /// the start of the window the post was counted in.
     async fn count_post(
         &self,
         room: &RoomId,
         sender: &PeerId,
         limit: RateLimit,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Millis, StoreError> {
         let member = key(room_pk(room), member_sk(sender));
         // A window that opened after this is still open.
         let open_after = now - limit.window_ms;
@@ -402,10 +464,11 @@ impl DynamoStore {
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":open_after", n(open_after))
                 .expression_attribute_values(":posts", n(limit.posts))
+                .return_values(ReturnValue::AllNew)
                 .send()
                 .await;
             match within {
-                Ok(_) => return Ok(()),
+                Ok(output) => return get_n(&output.attributes.unwrap_or_default(), "rateWindow"),
                 Err(error) if condition_failed(&error) => {}
                 Err(error) => return Err(unavailable(error)),
             }
@@ -425,7 +488,7 @@ impl DynamoStore {
                 .send()
                 .await;
             match fresh {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(now),
                 Err(error) if condition_failed(&error) => {}
                 Err(error) => return Err(unavailable(error)),
             }
@@ -456,12 +519,76 @@ impl DynamoStore {
         Err(unavailable_because("the rate-limit count kept changing"))
     }
 
-    /// A post, with a hook between allocation and commit for tests.
+    /// Takes back a post counted in the window that opened at `window`, best effort: a post
+    /// that delivered nothing (it was made of repeats, or failed) does not use up the window.
+    async fn uncount_post(&self, room: &RoomId, sender: &PeerId, window: Millis) {
+        self.count_write(1);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(room_pk(room), member_sk(sender))))
+            .update_expression("ADD rateCount :minus_one")
+            .condition_expression(
+                "attribute_exists(pk) AND rateWindow = :window AND rateCount > :zero",
+            )
+            .expression_attribute_values(":minus_one", n(-1))
+            .expression_attribute_values(":window", n(window))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        if let Err(error) = result
+            && !condition_failed(&error)
+        {
+            tracing::debug!(error = %unavailable(error), "could not take back a post's count");
+        }
+    }
+
+    /// Looks up which of `client_ids` were given a server id by an earlier post, and adds them
+    /// to `earlier`; whether there was any.
+    async fn recognise_repeats(
+        &self,
+        room: &RoomId,
+        sender: &PeerId,
+        client_ids: &[&str],
+        now: Millis,
+        earlier: &mut HashMap<String, MessageId>,
+    ) -> Result<bool, StoreError> {
+        let mut found = false;
+        for client_id in client_ids {
+            if let Some(id) = self.sent_id(room, sender, client_id, now).await? {
+                earlier.insert((*client_id).to_owned(), id);
+                found = true;
+            }
+        }
+        Ok(found)
+    }
+
+    /// A post, with a hook for tests at each [`Step`]. A post counts against the flood limit
+    /// only if it delivers something.
     pub(super) async fn post_with(
         &self,
         request: PostRequest,
-        before_commit: BeforeCommit<'_>,
+        hook: Hook<'_>,
     ) -> Result<Posted, StoreError> {
+        let (room, sender) = (request.room.clone(), request.sender.clone());
+        let mut counted = None;
+        let result = self.post_rounds(request, &mut counted, hook).await;
+        if let Some(window) = counted {
+            self.uncount_post(&room, &sender, window).await;
+        }
+        result
+    }
+
+    /// The rounds of a post. `counted` holds the window the post was counted in while it has
+    /// not delivered yet.
+    async fn post_rounds(
+        &self,
+        request: PostRequest,
+        counted: &mut Option<Millis>,
+        hook: Hook<'_>,
+    ) -> Result<Posted, StoreError> {
+        let began = Instant::now();
         let PostRequest {
             room,
             sender,
@@ -472,7 +599,6 @@ impl DynamoStore {
         } = request;
         // Client ids found already used, with the server id they were given.
         let mut earlier: HashMap<String, MessageId> = HashMap::new();
-        let mut counted = false;
         for _ in 0..MAX_POST_ROUNDS {
             let mut in_this_post: HashMap<&str, MessageId> = HashMap::new();
             let mut previous = Vec::with_capacity(messages.len());
@@ -510,86 +636,125 @@ impl DynamoStore {
                     recipients: Vec::new(),
                 });
             }
-            let members = self.live_members(&room, timing.now).await?;
-            let member_ids: Vec<PeerId> =
-                members.iter().map(|member| member.peer.clone()).collect();
-            let deliveries = match resolve_recipients(&member_ids, &sender, &fresh) {
-                Ok(deliveries) => deliveries,
-                Err(StoreError::NoSuchRecipient(peer)) => {
-                    // A retry of a post whose first attempt committed may name a peer that
-                    // has left since: its client ids say so, and it gets its first ids back
-                    // (as on SQLite, which looks them up before the recipients).
-                    let mut repeats = false;
-                    for client_id in &sent_client_ids {
-                        if let Some(id) =
-                            self.sent_id(&room, &sender, client_id, timing.now).await?
-                        {
-                            earlier.insert((*client_id).to_owned(), id);
-                            repeats = true;
-                        }
-                    }
-                    if repeats {
-                        continue;
-                    }
-                    return Err(StoreError::NoSuchRecipient(peer));
-                }
-                Err(other) => return Err(other),
-            };
-            let recipients = distinct_recipients(&deliveries);
-            let mut plan = Vec::with_capacity(recipients.len());
-            for recipient in &recipients {
-                let entries: Vec<Entry> = deliveries
-                    .iter()
-                    .filter(|(_, peer)| peer == recipient)
-                    .map(|(index, _)| {
-                        let (id, message) = &fresh[*index];
-                        Entry {
-                            id: id.clone(),
-                            kind: message.kind,
-                            data: message.data.clone(),
-                        }
-                    })
-                    .collect();
-                let unread = members
-                    .iter()
-                    .find(|member| &member.peer == recipient)
-                    .map_or(0, |member| member.last_seq.saturating_sub(member.acked_seq));
-                if unread + entries.len() as u64 > inbox_limit {
-                    return Err(StoreError::InboxFull(recipient.clone()));
-                }
-                plan.push((recipient.clone(), entries));
-            }
-            // Counted once the post has passed every other check, so refused posts do not
-            // use up the window (and once, however many rounds repeats cost).
-            if !counted {
-                self.count_post(&room, &sender, rate_limit, timing.now)
-                    .await?;
-                counted = true;
-            }
-            let delivery = Delivery {
+            let context = PostContext {
                 room: &room,
-                from: &sender,
-                plan,
-                sent,
-                strict: true,
+                sender: &sender,
+                inbox_limit,
+                rate_limit,
                 timing,
+                began,
             };
-            match self.deliver(&delivery, before_commit).await? {
-                Outcome::Delivered(_) => return Ok(Posted { ids, recipients }),
-                Outcome::Repeats(repeats) => {
-                    for index in repeats {
-                        let Some(client_id) = sent_client_ids.get(index) else {
-                            continue;
-                        };
-                        if let Some(id) =
-                            self.sent_id(&room, &sender, client_id, timing.now).await?
-                        {
-                            earlier.insert((*client_id).to_owned(), id);
-                        }
+            let round = self.post_round(&context, &fresh, sent, counted, hook).await;
+            match round {
+                Ok(Outcome::Delivered(recipients)) => {
+                    *counted = None;
+                    return Ok(Posted { ids, recipients });
+                }
+                Ok(Outcome::Repeats(repeats)) => {
+                    let repeated: Vec<&str> = repeats
+                        .iter()
+                        .filter_map(|index| sent_client_ids.get(*index).copied())
+                        .collect();
+                    self.recognise_repeats(&room, &sender, &repeated, timing.now, &mut earlier)
+                        .await?;
+                }
+                Err(
+                    refusal @ (StoreError::NoSuchRecipient(_)
+                    | StoreError::InboxFull(_)
+                    | StoreError::RateLimited { .. }),
+                ) => {
+                    // A retry of a post whose first attempt committed may be refused now (its
+                    // recipient left, its inbox or the flood window filled since): its client
+                    // ids say so, and it gets its first ids back, as on SQLite, which looks
+                    // them up before any check. Only refusals pay for the lookup.
+                    if !self
+                        .recognise_repeats(
+                            &room,
+                            &sender,
+                            &sent_client_ids,
+                            timing.now,
+                            &mut earlier,
+                        )
+                        .await?
+                    {
+                        return Err(refusal);
                     }
                 }
+                Err(error) => return Err(error),
             }
         }
         Err(unavailable_because("client ids kept conflicting"))
+    }
+
+    /// One round of a post of `fresh` messages (no known repeats): recipients, inbox limits,
+    /// the flood limit (counted once per post, in `counted`), then the delivery.
+    async fn post_round(
+        &self,
+        context: &PostContext<'_>,
+        fresh: &[(MessageId, Outgoing)],
+        sent: Vec<Item>,
+        counted: &mut Option<Millis>,
+        hook: Hook<'_>,
+    ) -> Result<Outcome, StoreError> {
+        let PostContext {
+            room,
+            sender,
+            inbox_limit,
+            rate_limit,
+            timing,
+            began,
+        } = *context;
+        let members = self.live_members(room, timing.now).await?;
+        let member_ids: Vec<PeerId> = members.iter().map(|member| member.peer.clone()).collect();
+        let deliveries = resolve_recipients(&member_ids, sender, fresh)?;
+        let mut plan = Vec::new();
+        for recipient in distinct_recipients(&deliveries) {
+            let mine: Vec<usize> = deliveries
+                .iter()
+                .filter(|(_, peer)| *peer == recipient)
+                .map(|(index, _)| *index)
+                .collect();
+            let unread = members
+                .iter()
+                .find(|member| member.peer == recipient)
+                .map_or(0, |member| member.last_seq.saturating_sub(member.acked_seq));
+            if unread + mine.len() as u64 > inbox_limit {
+                return Err(StoreError::InboxFull(recipient));
+            }
+            let entries = mine
+                .iter()
+                .map(|index| {
+                    let (id, message) = &fresh[*index];
+                    Entry {
+                        id: id.clone(),
+                        kind: message.kind,
+                        data: message.data.clone(),
+                    }
+                })
+                .collect();
+            let required = mine.iter().any(|index| fresh[*index].1.to.is_some());
+            plan.push(Part {
+                recipient,
+                entries,
+                required,
+            });
+        }
+        // Counted once the post has passed every other check, so refused posts do not use up
+        // the window (and once, however many rounds repeats cost).
+        if counted.is_none() {
+            *counted = Some(
+                self.count_post(room, sender, rate_limit, timing.now)
+                    .await?,
+            );
+        }
+        let delivery = Delivery {
+            room,
+            from: sender,
+            plan,
+            sent,
+            timing,
+            began,
+        };
+        self.deliver(&delivery, hook).await
     }
 }

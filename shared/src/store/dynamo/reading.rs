@@ -5,8 +5,8 @@ use super::items::{
     InboxItem, get_n, inbox_pk, key, member, member_sk, room_pk, seq_sk, void_item,
 };
 use super::{
-    DynamoStore, GAP_TIMEOUT_MS, MAX_NOTICED_GAPS, MAX_READ_ROUNDS, MAX_TRANSACTION_ITEMS,
-    TOMBSTONE_MIN_LIFE_MS, cancellation, conditional_put, unavailable,
+    DynamoStore, GAP_TIMEOUT_MS, Hook, MAX_NOTICED_GAPS, MAX_READ_ROUNDS, MAX_TRANSACTION_ITEMS,
+    Step, TOMBSTONE_MIN_LIFE_MS, cancellation, conditional_put, unavailable,
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
@@ -14,16 +14,22 @@ use crate::message::StoredMessage;
 use crate::store::{Seq, StoreError};
 
 impl DynamoStore {
-    /// Whether the unfilled position `seq` of an inbox has waited long enough to give up on.
+    /// Whether the unfilled positions up to `last` of an inbox (everything below the item that
+    /// blocks the reader) have waited long enough to give up on. Positions are allocated in
+    /// order, so that holds once the allocation holding `last`, the newest of the range, is
+    /// older than the gap timeout. Its age is known from either of two facts:
+    /// - this process saw some position `>= last` already allocated at least that long ago
+    ///   (it was below an item that blocked a read);
+    /// - the inbox's newest allocation (`lastSeqAt`, which never goes back) is that old.
     async fn gap_is_abandoned(
         &self,
         room: &RoomId,
         peer: &PeerId,
         inbox: &str,
-        seq: Seq,
+        last: Seq,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let noticed = {
+        let allocated_by = {
             let mut gaps = self
                 .noticed_gaps
                 .lock()
@@ -34,12 +40,15 @@ impl DynamoStore {
                     gaps.clear();
                 }
             }
-            *gaps.entry((inbox.to_owned(), seq)).or_insert(now)
+            gaps.entry((inbox.to_owned(), last)).or_insert(now);
+            gaps.range((inbox.to_owned(), last)..=(inbox.to_owned(), Seq::MAX))
+                .map(|(_, noticed)| *noticed)
+                .min()
+                .unwrap_or(now)
         };
-        if now - noticed >= GAP_TIMEOUT_MS {
+        if now - allocated_by >= GAP_TIMEOUT_MS {
             return Ok(true);
         }
-        // Every allocation in this inbox is at least as old as the newest one.
         self.count_read();
         let output = self
             .client
@@ -57,8 +66,12 @@ impl DynamoStore {
         }
     }
 
-    /// Tombstones each position of `first..=last` (at most a transaction's worth) that is
-    /// still empty, all or nothing: if a late writer got one in first, nothing is written.
+    /// Tombstones each position of `first..=last` that is still empty, all or nothing: if a
+    /// late writer got one in first, nothing is written. `last + 1` must be the first number
+    /// of an existing item. At most a transaction's worth is written, the TOP of the range, so
+    /// that it still ends just below that item and holds the key of every allocation it
+    /// touches (see "Why a tombstone never hides a committed message" in the
+    /// module docs); the next round continues below it.
     async fn tombstone(
         &self,
         inbox: &str,
@@ -66,7 +79,7 @@ impl DynamoStore {
         last: Seq,
         expires_at: Millis,
     ) -> Result<(), StoreError> {
-        let last = last.min(first + MAX_TRANSACTION_ITEMS - 1);
+        let first = first.max(last.saturating_sub(MAX_TRANSACTION_ITEMS - 1));
         let transaction = (first..=last)
             .map(|seq| {
                 conditional_put(
@@ -91,6 +104,7 @@ impl DynamoStore {
         }
     }
 
+    /// A read, with a hook for tests before each tombstone.
     pub(super) async fn read_inbox(
         &self,
         room: &RoomId,
@@ -98,6 +112,7 @@ impl DynamoStore {
         after: Seq,
         limit: usize,
         now: Millis,
+        hook: Hook<'_>,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -154,12 +169,15 @@ impl DynamoStore {
                 return Ok(messages);
             }
             if !self
-                .gap_is_abandoned(room, peer, &inbox, expected, now)
+                .gap_is_abandoned(room, peer, &inbox, blocked.first - 1, now)
                 .await?
             {
                 return Ok(messages);
             }
             let expires_at = blocked.expires_at_ms.max(now + TOMBSTONE_MIN_LIFE_MS);
+            if let Some(hook) = hook {
+                hook(Step::Tombstone).await;
+            }
             self.tombstone(&inbox, expected, blocked.first - 1, expires_at)
                 .await?;
         }
