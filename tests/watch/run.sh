@@ -7,7 +7,9 @@
 #   tests/watch/run.sh dynamodb
 #
 # 1. installs cargo-lambda into target/venv-cargo-lambda if `cargo lambda` is missing;
-# 2. builds the five functions (dev profile), so no watch compiles during the tests;
+# 2. builds the five functions (dev profile), so no watch compiles during the tests, and checks
+#    that `join` reads its signing secret from Secrets Manager (tests/watch/secret_arn.py, on
+#    moto);
 # 3. smoke-tests one watch by hand: health, unknown route, our CORS on preflight, and a post in
 #    the post function waking a long poll held by the poll function (the store poll of
 #    shared/src/wakeup.rs: separate processes share nothing else);
@@ -42,6 +44,11 @@ cargo lambda --version
 section "building the functions"
 cargo build --locked -p signalpost-fn-join -p signalpost-fn-post -p signalpost-fn-poll \
     -p signalpost-fn-leave -p signalpost-fn-ice-servers -p signalpost-server --tests
+
+# The signing secret from Secrets Manager (SIGNALPOST_SECRET_ARN), as the template deploys it:
+# the join function's cold start against moto's Secrets Manager.
+section "the signing secret from Secrets Manager (moto)"
+bash tests/with-moto.sh "$root/target/venv-moto/bin/python" tests/watch/secret_arn.py "$target/debug"
 
 # --- one watch by hand ------------------------------------------------------------------------
 free_port() { python3 -c 'import socket

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """SIGNALPOST_SECRET_ARN: a function reads its signing secret from Secrets Manager at cold start.
 
-    secret_arn.py TARGET_DIR     # e.g. target/debug; needs moto_server and boto3 (moto[server])
+    tests/with-moto.sh target/venv-moto/bin/python tests/watch/secret_arn.py target/debug
 
-Starts moto on loopback, stores a secret in it, then starts the `join` binary under the stub
-Lambda Runtime API of cold_start.py with only SIGNALPOST_SECRET_ARN set (and
-AWS_ENDPOINT_URL_SECRETS_MANAGER pointing at moto). Checks that:
+Uses the moto server of tests/with-moto.sh (its endpoint serves every AWS service, Secrets
+Manager included; boto3 comes with moto in target/venv-moto). Stores a secret in it, then
+starts the `join` binary under the stub Lambda Runtime API of cold_start.py with only
+SIGNALPOST_SECRET_ARN set (and AWS_ENDPOINT_URL_SECRETS_MANAGER pointing at moto). Checks that:
   - the join succeeds and its token is signed (HS256) with the stored secret;
   - the secret's value appears nowhere in the function's output;
   - an unknown ARN stops the start with a message naming it, and a non-zero exit status.
@@ -16,13 +17,9 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cold_start import Stub, event  # noqa: E402
@@ -30,28 +27,11 @@ from cold_start import Stub, event  # noqa: E402
 SECRET = "s3cret-from-secrets-manager-" + os.urandom(6).hex()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_moto():
-    port = free_port()
-    moto = shutil.which("moto_server")
-    if moto is None:
-        raise SystemExit("moto_server not found: pip install 'moto[server]'")
-    process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-            return process, endpoint
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("moto_server did not start")
+def moto_endpoint():
+    endpoint = os.environ.get("SIGNALPOST_TEST_DYNAMODB_ENDPOINT")
+    if not endpoint:
+        raise SystemExit("no moto endpoint: run this through tests/with-moto.sh")
+    return endpoint
 
 
 def run_join(binary, env_extra):
@@ -93,34 +73,30 @@ def main():
     binary = os.path.join(sys.argv[1], "join")
     import boto3
 
-    moto, endpoint = start_moto()
-    try:
-        aws = {
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
-            "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-        }
-        client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
-        arn = client.create_secret(Name="signalpost-signing", SecretString=SECRET)["ARN"]
+    endpoint = moto_endpoint()
+    aws = {
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    arn = client.create_secret(Name=f"signalpost-signing-{os.urandom(4).hex()}", SecretString=SECRET)["ARN"]
 
-        response, _, output = run_join(binary, {**aws, "SIGNALPOST_SECRET_ARN": arn})
-        assert response is not None, f"no response; output:\n{output}"
-        assert response["statusCode"] == 201, response
-        token = json.loads(response["body"])["token"]
-        assert verify_hs256(token, SECRET), "the token is not signed with the stored secret"
-        assert SECRET not in output, "the secret's value appeared in the function's output"
-        print(f"ok   join with SIGNALPOST_SECRET_ARN={arn}: 201, token signed with the stored secret")
+    response, _, output = run_join(binary, {**aws, "SIGNALPOST_SECRET_ARN": arn})
+    assert response is not None, f"no response; output:\n{output}"
+    assert response["statusCode"] == 201, response
+    token = json.loads(response["body"])["token"]
+    assert verify_hs256(token, SECRET), "the token is not signed with the stored secret"
+    assert SECRET not in output, "the secret's value appeared in the function's output"
+    print(f"ok   join with SIGNALPOST_SECRET_ARN={arn}: 201, token signed with the stored secret")
 
-        response, status, output = run_join(binary, {**aws, "SIGNALPOST_SECRET_ARN": arn + "-missing"})
-        assert response is None and status not in (0, None), (response, status)
-        assert "cannot read the signing secret" in output and "-missing" in output, output
-        print(f"ok   unknown ARN: start refused (exit {status}): "
-              + next(line for line in output.splitlines() if "cannot read" in line)[:160])
-    finally:
-        moto.kill()
-        moto.wait()
+    response, status, output = run_join(binary, {**aws, "SIGNALPOST_SECRET_ARN": arn + "-missing"})
+    assert response is None and status not in (0, None), (response, status)
+    assert "cannot read the signing secret" in output and "-missing" in output, output
+    print(f"ok   unknown ARN: start refused (exit {status}): "
+          + next(line for line in output.splitlines() if "cannot read" in line)[:160])
     print("2 passed, 0 failed")
 
 
