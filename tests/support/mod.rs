@@ -131,8 +131,12 @@ impl Server {
         Self::start_inner(env, false)
     }
 
-    /// A server with extra variables whose stderr (the logs) is kept for [`Server::logs`].
+    /// A server with extra variables whose logs are kept for [`Server::logs`]: the process's
+    /// stderr, or under watch the output of every function process of the watch.
     pub fn start_capturing_logs(env: &[(&str, &str)]) -> Self {
+        if watch::enabled() {
+            return Self::start_with(env);
+        }
         Self::start_inner(env, true)
     }
 
@@ -250,8 +254,12 @@ impl Server {
     }
 
     /// Everything the server has written to stderr so far (only with
-    /// [`Server::start_capturing_logs`]).
+    /// [`Server::start_capturing_logs`]); under watch, everything its functions have written
+    /// (the watch of this test's environment, shared only with tests of the same environment).
     pub fn logs(&self) -> String {
+        if let Some(watch) = &self.watch {
+            return watch.logs();
+        }
         self.stderr.as_ref().map_or_else(String::new, |logs| {
             logs.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
