@@ -132,7 +132,7 @@ for store in "${stores[@]}"; do
     dynamodb)
         # Never skipped: a run that passes must have covered both stores.
         if ! "$target/debug/signalpost" create-table --help >/dev/null 2>&1; then
-            echo "FAIL: $target/debug/signalpost create-table does not run, so the DynamoDB leg cannot" >&2
+            echo "FAIL: $target/debug/signalpost create-table does not run, so the DynamoDB leg cannot run" >&2
             exit 1
         fi
         if [ ! -f tests/with-moto.sh ]; then
