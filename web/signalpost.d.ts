@@ -43,7 +43,12 @@ export interface JoinOptions {
   leaveOnPageHide?: boolean;
 }
 
-/** An HTTP failure the client gives up on; `code` is the problem document's stable code. */
+/**
+ * An HTTP failure the client gives up on; `code` is the problem document's stable code.
+ * Two codes come from the client itself, with `status` 0: `closed` (the channel was
+ * closed) and `rejoined` (the message was sent by the peer id the channel had before a
+ * rejoin, and was dropped rather than posted under the new one).
+ */
 export class SignalingError extends Error {
   readonly status: number;
   readonly code: string;
@@ -56,7 +61,11 @@ export interface SignalingChannelEventMap {
   "peer-joined": MessageEvent<PeerJoinedMessage>;
   /** Buffered until the first listener is attached. */
   "peer-left": MessageEvent<PeerLeftMessage>;
-  /** The peer was gone (410) and joined again under a new id. */
+  /**
+   * The peer was gone (410) or its token expired (401), and the channel joined again under
+   * a new id. Nothing from the old id reaches the new one: its open poll is dropped and
+   * its unsent messages are rejected with code `rejoined`. Never fired after `close`.
+   */
   rejoin: CustomEvent<{ previousPeer: string; peer: string }>;
   /** The poll loop stopped on an error that retrying cannot fix. */
   error: CustomEvent<SignalingError>;
@@ -82,11 +91,18 @@ export class SignalingChannel extends EventTarget {
 
   /** Polite toward peers that were in the room at join time, impolite toward later ones. */
   isPolite(remotePeer: string): boolean;
-  /** Post a message (batched with neighbours, retried idempotently); resolves with the server id. */
+  /**
+   * Post a message (batched with neighbours, retried idempotently); resolves with the
+   * server id. Rejects with code `rejoined` if the channel rejoins before it is posted,
+   * and `closed` after `close()`.
+   */
   send(message: OutgoingMessage): Promise<string>;
   /** Fresh TURN credentials from `GET /v1/ice-servers`. */
   refreshIceServers(): Promise<RTCIceServer[]>;
-  /** Leave the room (`DELETE`), after queued posts have gone out. */
+  /**
+   * Leave the room (`DELETE`), after queued posts have gone out (at most 2 s). Calling it
+   * again returns the same promise; a rejoin under way leaves its new peer too.
+   */
   close(): Promise<void>;
 
   addEventListener<K extends keyof SignalingChannelEventMap>(
@@ -120,6 +136,7 @@ export class PeerLink extends EventTarget {
   /** Feed a signalling message from this remote peer (handled in arrival order). */
   handle(message: SignalMessage): Promise<void>;
   restartIce(): void;
+  /** Close the connection; also happens on `bye` and when a post to the peer gets `404`. Idempotent. */
   close(): void;
 }
 
@@ -128,7 +145,7 @@ export interface PeerMeshOptions {
   rtcConfig?: RTCConfiguration;
   /** Label of a negotiated data channel on every link; `null` for none. Default `"data"`. */
   dataChannel?: string | null;
-  /** Call the peers already in the room (default true). */
+  /** Call the peers already in the room, except those whose `peer-left` has arrived (default true). */
   autoConnect?: boolean;
 }
 
@@ -145,6 +162,7 @@ export class PeerMesh extends EventTarget {
   readonly links: Map<string, PeerLink>;
   /** Start (or return) the link toward `remotePeer`. */
   connect(remotePeer: string): PeerLink;
+  /** Close every link and stop listening to the channel (the channel stays open). */
   close(): void;
 
   addEventListener<K extends keyof PeerMeshEventMap>(

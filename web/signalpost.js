@@ -12,6 +12,12 @@ const BACKOFF_MAX_MS = 10_000;
 const SEND_MAX_ATTEMPTS = 8;
 // How long past its `wait` a poll may take before we give up on it and poll again.
 const POLL_GRACE_S = 15;
+// An empty poll comes round no sooner than this after the last one started: with a
+// `maxWait` (or `wait`) of 0 the server answers at once, and the loop must not spin.
+const MIN_EMPTY_POLL_INTERVAL_MS = 500;
+// close(): how long queued posts may take to go out, and a rejoin's join to come back.
+const CLOSE_DRAIN_MS = 2000;
+const CLOSE_REJOIN_WAIT_MS = 5000;
 // Enough to recognise every replay the server can produce (it returns at most 100
 // messages per poll) without growing forever on a long call.
 const SEEN_IDS_KEPT = 4096;
@@ -31,10 +37,22 @@ export class SignalingError extends Error {
   }
 }
 
+const closedError = () => new SignalingError(0, "closed", "channel is closed");
+const staleError = () => new SignalingError(0, "rejoined",
+  "the channel joined again as a new peer; this message belonged to the old one and was not sent");
+
+/** Resolves after `ms`, or at once when `signal` aborts (or already has). */
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+    if (signal?.aborted) { resolve(); return; }
+    const done = () => {
+      clearTimeout(timer);
+      // Removed on every path, or each retry would leave a listener on a long-lived signal.
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
   });
 
 /** Exponential backoff with jitter; a server's Retry-After is a floor, never shortened. */
@@ -57,6 +75,8 @@ function parseRetryAfter(value) {
 }
 
 const RETRYABLE = new Set([429, 500, 502, 503, 504]);
+/** The token's peer has left or timed out (410), or the token expired (401): join again. */
+const GONE = new Set([401, 410]);
 
 function randomId(length) {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -75,6 +95,21 @@ async function problemOf(response) {
 }
 
 /**
+ * One membership of the room under one server-minted peer id: its token, and the cursor of
+ * its own inbox. A rejoin replaces the whole session, so anything that was started under
+ * the old one (a poll, a queued send, a late 410) can tell that it is stale by identity.
+ */
+class Session {
+  constructor(joined) {
+    this.peer = joined.peer;
+    this.token = joined.token;
+    this.cursor = null;
+    /** Set once the server said 410/401 for this token: there is nothing left to DELETE. */
+    this.gone = false;
+  }
+}
+
+/**
  * A peer's membership of one room: join with `SignalingChannel.join`, then listen for
  * `message` (every polled message), `peer-joined` and `peer-left` events, whose `data` is
  * the message object as polled. Also dispatches `rejoin` (after a 410 the channel joined
@@ -83,7 +118,8 @@ async function problemOf(response) {
  */
 export class SignalingChannel extends EventTarget {
   #base; #room; #options; #fetch;
-  #token = null; #cursor = null;
+  /** @type {Session | null} */
+  #session = null;
   #seen = new Set(); #seenOrder = [];
   #initialPeers = new Set(); #formerSelves = new Set();
   #buffers = new Map(BUFFERED_TYPES.map((t) => [t, []]));
@@ -92,7 +128,11 @@ export class SignalingChannel extends EventTarget {
   #outbox = []; #flushTimer = null; #sending = false;
   #msgCounter = 0; #clientPrefix = randomId(8);
   #abort = new AbortController();
-  #rejoining = null;
+  /** The open long poll's controller: a rejoin aborts it, its answer is the old inbox's. */
+  #pollAbort = null;
+  #rejoining = null; #closing = null;
+  /** Join attempts whose response may have been lost after the server created a peer. */
+  #lostJoins = 0;
   #closed = false; #polling = false; #hidden = false;
   #onPageHide = (event) => this.#pageHide(event);
   #onPageShow = (event) => this.#pageShow(event);
@@ -116,7 +156,7 @@ export class SignalingChannel extends EventTarget {
   static async join(baseUrl, room, options = {}) {
     if (!ID_RE.test(room)) throw new TypeError(`signalpost: bad room name ${JSON.stringify(room)}`);
     const channel = new SignalingChannel(baseUrl, room, options);
-    await channel.#join();
+    channel.#install(await channel.#joinRequest());
     channel.#startPolling();
     return channel;
   }
@@ -160,37 +200,54 @@ export class SignalingChannel extends EventTarget {
   /**
    * Post one message `{to, type, data, id?}`; resolves with the server's id. Messages are
    * posted in call order; candidates sent close together share one batch request. An `id`
-   * is added when missing so that retries are idempotent.
+   * is added when missing so that retries are idempotent. A message belongs to the peer id
+   * the channel has when `send` is called: if the channel rejoins before it is posted, it
+   * is rejected with code `rejoined` rather than sent under the new id.
    */
   send(message) {
-    if (this.#closed) return Promise.reject(new SignalingError(0, "closed", "channel is closed"));
+    if (this.#closed) return Promise.reject(closedError());
     const msg = { ...message };
     if (msg.id === undefined) msg.id = `${this.#clientPrefix}-${++this.#msgCounter}`;
     else if (!ID_RE.test(msg.id)) return Promise.reject(new TypeError("signalpost: bad message id"));
     return new Promise((resolve, reject) => {
-      this.#outbox.push({ msg, resolve, reject });
+      this.#outbox.push({ msg, session: this.#session, resolve, reject });
       this.#scheduleFlush(msg.type === "candidate" ? CANDIDATE_BATCH_DELAY_MS : 0);
     });
   }
 
   /** Fresh TURN credentials from `GET /v1/ice-servers`; also updates `iceServers`. */
   async refreshIceServers() {
-    const body = await this.#request("GET", "/v1/ice-servers", undefined, { retries: 3 });
+    const body = await this.#request("GET", "/v1/ice-servers", undefined,
+      { session: this.#session, retries: 3 });
     this.iceServers = body.iceServers ?? [];
     return this.iceServers;
   }
 
-  /** Leave the room: stops polling, waits briefly for queued posts, then DELETEs the peer. */
-  async close() {
-    if (this.#closed) return;
-    const deadline = Date.now() + 2000;
+  /**
+   * Leave the room: stops polling, waits briefly for queued posts, then DELETEs the peer.
+   * Calling it again returns the same promise: one DELETE, one `close` event.
+   */
+  close() {
+    this.#closing ??= this.#closeOnce();
+    return this.#closing;
+  }
+
+  async #closeOnce() {
+    const deadline = Date.now() + CLOSE_DRAIN_MS;
     while ((this.#outbox.length || this.#sending) && Date.now() < deadline) await sleep(20);
+    const rejoin = this.#rejoining;
     this.#shutdown();
+    // A rejoin whose join is still out leaves the new peer itself once the join answers
+    // (see #rejoin); waiting for it here means `close` comes after that, not before.
+    if (rejoin) await Promise.race([rejoin, sleep(CLOSE_REJOIN_WAIT_MS)]);
+    const session = this.#session;
     try {
-      const res = await this.#fetch(this.#url(`/v1/rooms/${this.#room}/peers/${this.peer}`), {
-        method: "DELETE", headers: { Authorization: `Bearer ${this.#token}` },
-      });
-      if (!res.ok && res.status !== 410) throw await problemOf(res);
+      if (!session.gone) {
+        const res = await this.#fetch(this.#url(`/v1/rooms/${this.#room}/peers/${session.peer}`), {
+          method: "DELETE", headers: { Authorization: `Bearer ${session.token}` },
+        });
+        if (!res.ok && !GONE.has(res.status)) throw await problemOf(res);
+      }
     } finally {
       this.dispatchEvent(new Event("close"));
     }
@@ -198,44 +255,86 @@ export class SignalingChannel extends EventTarget {
 
   // ---- joining ----
 
-  async #join() {
+  /** POST a join; resolves with the new Session (not yet installed) and the join response. */
+  async #joinRequest() {
     const body = {};
     if (this.#options.name !== undefined) body.name = this.#options.name;
     if (this.#options.joinToken !== undefined) body.joinToken = this.#options.joinToken;
-    const joined = await this.#request("POST", `/v1/rooms/${this.#room}/peers`, body,
-      { auth: false, retries: SEND_MAX_ATTEMPTS });
-    this.peer = joined.peer;
-    this.#token = joined.token;
+    const joined = await this.#request("POST", `/v1/rooms/${this.#room}/peers`, body, {
+      retries: SEND_MAX_ATTEMPTS,
+      onNetworkError: () => { this.#lostJoins++; },
+    });
+    return { session: new Session(joined), joined };
+  }
+
+  /** Make a join's peer the channel's identity. */
+  #install({ session, joined }) {
+    this.#session = session;
+    this.peer = session.peer;
     this.expiresAt = joined.expiresAt;
     this.polite = Boolean(joined.polite);
+    this.#forgetLostJoins(joined.peers ?? []);
     // After a rejoin our own former id can still be listed (the server has not timed it
     // out yet): it is not someone to call.
     this.peers = (joined.peers ?? []).filter((p) => !this.#formerSelves.has(p.peer));
     this.iceServers = joined.iceServers ?? [];
     this.maxWait = joined.maxWait ?? 20;
     this.#initialPeers = new Set(this.peers.map((p) => p.peer));
-    // A new peer id has a new inbox: the old cursor means nothing there.
-    this.#cursor = null;
+  }
+
+  /**
+   * Joins are not idempotent: a join whose response was lost made a peer we hold no token
+   * for, and the retry lists it among the peers already present. It never polls, so calling
+   * it would only hang until it times out. It carries our name; server ids sort by creation
+   * time (ULIDs), so the newest peers of that name, one per lost attempt, are those ghosts.
+   * Without a name they cannot be told apart from real peers and stay listed.
+   */
+  #forgetLostJoins(peers) {
+    const lost = this.#lostJoins;
+    this.#lostJoins = 0;
+    const name = this.#options.name;
+    if (!lost || name === undefined) return;
+    const sameName = peers.filter((p) => p.name === name).map((p) => p.peer).sort();
+    for (const ghost of sameName.slice(-lost)) this.#formerSelves.add(ghost);
+  }
+
+  /**
+   * The server answered 410/401 for `session`'s token. Only the current session's answer
+   * means anything: a late one from before the last rejoin must not start another.
+   */
+  #sessionGone(session) {
+    session.gone = true;
+    if (session !== this.#session) return Promise.resolve(!this.#closed);
+    return this.#rejoin();
   }
 
   /** Join again after 410 (peer gone) or 401 (token expired); one rejoin at a time. */
   #rejoin() {
     this.#rejoining ??= (async () => {
-      const previousPeer = this.peer;
-      const previousToken = this.#token;
-      this.#formerSelves.add(previousPeer);
+      const previous = this.#session;
+      this.#formerSelves.add(previous.peer);
+      // The open poll reads the old inbox: its answer must not reach the new session.
+      this.#pollAbort?.abort();
       let attempt = 0;
       while (!this.#closed) {
         try {
-          await this.#join();
+          const joined = await this.#joinRequest();
+          if (this.#closed) {
+            // close() ran while the join was out: leave at once rather than stay a ghost.
+            this.#leave(joined.session);
+            return false;
+          }
+          this.#install(joined);
           // If the old id is in fact still present (a 410 from a confused proxy, or a page
           // back from the bfcache), leaving it now spares the others a ghost until timeout.
-          this.#fetch(this.#url(`/v1/rooms/${this.#room}/peers/${previousPeer}`), {
-            method: "DELETE", headers: { Authorization: `Bearer ${previousToken}` },
-          }).catch(() => {});
-          this.dispatchEvent(new CustomEvent("rejoin", { detail: { previousPeer, peer: this.peer } }));
+          this.#leave(previous);
+          this.#rejectStaleSends();
+          this.dispatchEvent(new CustomEvent("rejoin", { detail: { previousPeer: previous.peer, peer: this.peer } }));
+          // A poll loop that stopped (an error it could not get past) starts again.
+          if (!this.#hidden) this.#startPolling();
           return true;
         } catch (err) {
+          if (this.#closed) return false;
           // Room full or a bad join token will not fix itself: report and stop.
           if (err instanceof SignalingError && !RETRYABLE.has(err.status)) {
             this.#fail(err);
@@ -247,6 +346,13 @@ export class SignalingChannel extends EventTarget {
       return false;
     })().finally(() => { this.#rejoining = null; });
     return this.#rejoining;
+  }
+
+  /** DELETE a session's peer without waiting; failures only cost a timeout. */
+  #leave(session) {
+    this.#fetch(this.#url(`/v1/rooms/${this.#room}/peers/${session.peer}`), {
+      method: "DELETE", headers: { Authorization: `Bearer ${session.token}` },
+    }).catch(() => {});
   }
 
   // ---- receiving ----
@@ -265,21 +371,36 @@ export class SignalingChannel extends EventTarget {
     try {
       let attempt = 0;
       while (!this.#closed && !this.#hidden) {
+        if (this.#rejoining) {
+          if (!(await this.#rejoining)) return;
+          continue;
+        }
+        const session = this.#session;
+        const startedAt = Date.now();
         let result;
         try {
-          result = await this.#pollOnce();
+          result = await this.#pollOnce(session);
         } catch {
           if (this.#closed || this.#hidden) return;
+          if (session !== this.#session || this.#rejoining) continue; // aborted by a rejoin
           await sleep(retryDelay(attempt++), this.#abort.signal);
           continue;
         }
+        // A rejoin happened while this poll was out: its messages and cursor are the old
+        // inbox's. Applied, they would move the new inbox's cursor (a `400 after is ahead`
+        // or skipped messages) and replay a `peer-joined` of our own new id.
+        if (session !== this.#session) continue;
         const { status, body, retryAfter } = result;
         if (status === 200) {
           attempt = 0;
-          for (const message of body.messages ?? []) this.#receive(message);
-          if (body.cursor) this.#cursor = body.cursor;
-        } else if (status === 410 || status === 401) {
-          if (!(await this.#rejoin())) return;
+          const messages = body.messages ?? [];
+          for (const message of messages) this.#receive(message);
+          if (body.cursor) session.cursor = body.cursor;
+          // A server whose maxWait is 0 (or `wait: 0`) answers at once: do not spin.
+          const early = startedAt + MIN_EMPTY_POLL_INTERVAL_MS - Date.now();
+          if (!messages.length && early > 0) await sleep(early, this.#abort.signal);
+        } else if (GONE.has(status)) {
+          if (!(await this.#sessionGone(session))) return;
         } else if (RETRYABLE.has(status)) {
           await sleep(retryDelay(attempt++, retryAfter), this.#abort.signal);
         } else {
@@ -293,20 +414,21 @@ export class SignalingChannel extends EventTarget {
   }
 
   /**
-   * One long poll. A deadline a little past `wait` guards against a proxy that holds the
-   * request forever: the loop must always come round again.
+   * One long poll of `session`'s inbox. A deadline a little past `wait` guards against a
+   * proxy that holds the request forever: the loop must always come round again.
    */
-  async #pollOnce() {
+  async #pollOnce(session) {
     const wait = Math.min(this.#options.wait ?? this.maxWait, this.maxWait);
-    const after = this.#cursor ? `&after=${encodeURIComponent(this.#cursor)}` : "";
+    const after = session.cursor ? `&after=${encodeURIComponent(session.cursor)}` : "";
     const controller = new AbortController();
+    this.#pollAbort = controller;
     const stop = () => controller.abort();
     const outer = this.#abort.signal;
     outer.addEventListener("abort", stop, { once: true });
     const deadline = setTimeout(stop, (wait + POLL_GRACE_S) * 1000);
     try {
       const response = await this.#fetch(this.#url(`/v1/rooms/${this.#room}/messages?wait=${wait}${after}`), {
-        headers: { Authorization: `Bearer ${this.#token}` }, cache: "no-store", signal: controller.signal,
+        headers: { Authorization: `Bearer ${session.token}` }, cache: "no-store", signal: controller.signal,
       });
       if (response.ok) return { status: 200, body: await response.json() };
       const retryAfter = response.headers.get("Retry-After");
@@ -314,6 +436,7 @@ export class SignalingChannel extends EventTarget {
     } finally {
       clearTimeout(deadline);
       outer.removeEventListener("abort", stop);
+      if (this.#pollAbort === controller) this.#pollAbort = null;
     }
   }
 
@@ -368,19 +491,30 @@ export class SignalingChannel extends EventTarget {
     this.#sending = true;
     try {
       while (this.#outbox.length && !this.#closed) {
+        // Everything queued now belongs to the identity being replaced: wait, then drop it.
+        if (this.#rejoining) await this.#rejoining;
+        this.#rejectStaleSends();
         const batch = this.#outbox.splice(0, MAX_BATCH);
-        await this.#postBatch(batch);
+        if (batch.length) await this.#postBatch(batch);
       }
     } finally {
       this.#sending = false;
     }
   }
 
+  /** Reject queued messages of an earlier session: they must not go out under a new peer id. */
+  #rejectStaleSends() {
+    const current = this.#outbox.filter((entry) => entry.session === this.#session);
+    for (const entry of this.#outbox) if (entry.session !== this.#session) entry.reject(staleError());
+    this.#outbox = current;
+  }
+
   async #postBatch(batch) {
     const body = batch.length === 1 ? batch[0].msg : { messages: batch.map((b) => b.msg) };
+    const { session } = batch[0];
     try {
       const result = await this.#request("POST", `/v1/rooms/${this.#room}/messages`, body,
-        { retries: SEND_MAX_ATTEMPTS, rejoinOnGone: true });
+        { session, retries: SEND_MAX_ATTEMPTS });
       batch.forEach((b, i) => b.resolve(result.ids?.[i]));
     } catch (err) {
       // A batch is all-or-nothing: one bad message (or a recipient that left) must not
@@ -388,7 +522,9 @@ export class SignalingChannel extends EventTarget {
       if (batch.length > 1 && err instanceof SignalingError && [400, 404, 413].includes(err.status)) {
         for (const one of batch) await this.#postBatch([one]);
       } else {
-        batch.forEach((b) => b.reject(err));
+        // Gone (410/401): #request has started the rejoin; the batch was the old peer's.
+        const reason = err instanceof SignalingError && GONE.has(err.status) ? staleError() : err;
+        batch.forEach((b) => b.reject(reason));
       }
     }
   }
@@ -397,11 +533,17 @@ export class SignalingChannel extends EventTarget {
 
   #url(path) { return `${this.#base}${path}`; }
 
-  /** A JSON request with retries on network errors, 429, 503 and other 5xx. */
-  async #request(method, path, body, { auth = true, retries = 0, rejoinOnGone = false } = {}) {
+  /**
+   * A JSON request with retries on network errors, 429, 503 and other 5xx. With a
+   * `session`, every attempt carries that session's token (never a newer one), and a
+   * 410/401 starts a rejoin if that session is still the current one, then throws.
+   */
+  async #request(method, path, body, { session = null, retries = 0, onNetworkError = null } = {}) {
     for (let attempt = 0; ; attempt++) {
+      // A retry must not go out after close(): its sleep was cut short by the abort.
+      if (this.#closed) throw closedError();
       const headers = {};
-      if (auth) headers.Authorization = `Bearer ${this.#token}`;
+      if (session) headers.Authorization = `Bearer ${session.token}`;
       if (body !== undefined) headers["Content-Type"] = "application/json";
       let response;
       try {
@@ -409,13 +551,16 @@ export class SignalingChannel extends EventTarget {
           method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
         });
       } catch (err) {
+        onNetworkError?.(err);
         if (attempt >= retries || this.#closed) throw err;
         await sleep(retryDelay(attempt), this.#abort.signal);
         continue;
       }
       if (response.ok) return response.status === 204 ? null : response.json();
-      if (rejoinOnGone && (response.status === 410 || response.status === 401) && attempt < retries) {
-        if (await this.#rejoin()) continue;
+      if (session && GONE.has(response.status)) {
+        const problem = await problemOf(response);
+        this.#sessionGone(session);
+        throw problem;
       }
       if (RETRYABLE.has(response.status) && attempt < retries && !this.#closed) {
         await sleep(retryDelay(attempt, response.headers.get("Retry-After")), this.#abort.signal);
@@ -433,7 +578,8 @@ export class SignalingChannel extends EventTarget {
     this.#closed = true;
     this.#abort.abort();
     clearTimeout(this.#flushTimer);
-    for (const { reject } of this.#outbox.splice(0)) reject(new SignalingError(0, "closed", "channel is closed"));
+    this.#flushTimer = null;
+    for (const { reject } of this.#outbox.splice(0)) reject(closedError());
     if (typeof window !== "undefined") {
       window.removeEventListener("pagehide", this.#onPageHide);
       window.removeEventListener("pageshow", this.#onPageShow);
@@ -442,11 +588,11 @@ export class SignalingChannel extends EventTarget {
 
   /** The page is going away (or into the back/forward cache): leave without waiting. */
   #pageHide() {
-    if (this.#closed || !this.#token) return;
+    if (this.#closed || !this.#session) return;
     // sendBeacon cannot set headers, hence the token in the body; a string is sent as
     // text/plain, which also avoids a CORS preflight the unloading page could not wait for.
-    navigator.sendBeacon(this.#url(`/v1/rooms/${this.#room}/peers/${this.peer}/leave`),
-      JSON.stringify({ token: this.#token }));
+    navigator.sendBeacon(this.#url(`/v1/rooms/${this.#room}/peers/${this.#session.peer}/leave`),
+      JSON.stringify({ token: this.#session.token }));
     this.#hidden = true;
     this.#abort.abort();
     this.#abort = new AbortController();
@@ -456,6 +602,7 @@ export class SignalingChannel extends EventTarget {
   #pageShow(event) {
     if (!event.persisted || !this.#hidden || this.#closed) return;
     this.#hidden = false;
+    this.#session.gone = true;
     this.#rejoin().then(() => this.#startPolling());
   }
 }
@@ -466,7 +613,7 @@ export class SignalingChannel extends EventTarget {
  */
 export class PeerLink extends EventTarget {
   #channel; #makingOffer = false; #ignoreOffer = false; #answerPending = false;
-  #pendingCandidates = []; #queue = Promise.resolve(); #restartTimer = null;
+  #pendingCandidates = []; #queue = Promise.resolve(); #restartTimer = null; #closed = false;
 
   constructor(channel, remotePeer, { polite = channel.isPolite(remotePeer), rtcConfig = {},
     localStream = null, dataChannel = "data", name = null } = {}) {
@@ -502,6 +649,8 @@ export class PeerLink extends EventTarget {
   restartIce() { this.pc.restartIce(); }
 
   close() {
+    if (this.#closed) return;
+    this.#closed = true;
     clearTimeout(this.#restartTimer);
     this.pc.close();
     this.dispatchEvent(new Event("close"));
@@ -511,7 +660,10 @@ export class PeerLink extends EventTarget {
     try {
       this.#makingOffer = true;
       await this.pc.setLocalDescription();
-      await this.#send(this.pc.localDescription.type, this.pc.localDescription.toJSON());
+      // Not awaited, as in the standard pattern: `makingOffer` covers creating the offer,
+      // not its POST. Held across a slow POST (and its retries) it would make the
+      // impolite side ignore a valid offer that arrives meanwhile, stalling negotiation.
+      this.#send(this.pc.localDescription.type, this.pc.localDescription.toJSON());
     } catch (err) {
       this.dispatchEvent(new CustomEvent("error", { detail: err }));
     } finally {
@@ -571,6 +723,11 @@ export class PeerLink extends EventTarget {
 
   #send(type, data) {
     return this.#channel.send({ to: this.peer, type, data }).catch((err) => {
+      // The remote peer is no longer in the room (it left before we heard of it): nobody
+      // will ever answer this link.
+      if (err?.status === 404) { this.close(); return; }
+      // A link closed meanwhile (hang-up, rejoin, channel closed) has no use for the error.
+      if (this.#closed) return;
       this.dispatchEvent(new CustomEvent("error", { detail: err }));
     });
   }
@@ -584,6 +741,11 @@ export class PeerLink extends EventTarget {
  */
 export class PeerMesh extends EventTarget {
   #channel; #options; #names = new Map();
+  /** Peers whose `peer-left` we have seen: ids are never reused, so never call them. */
+  #departed = new Set();
+  /** Detaches this mesh's channel listeners on close(). */
+  #listening = new AbortController();
+  #closed = false;
   /** @type {Map<string, PeerLink>} */
   links = new Map();
 
@@ -592,9 +754,13 @@ export class PeerMesh extends EventTarget {
     super();
     this.#channel = channel;
     this.#options = options;
-    channel.addEventListener("message", (event) => this.#onMessage(event.data));
-    channel.addEventListener("rejoin", () => this.#onRejoin());
-    channel.addEventListener("close", () => this.close());
+    const { signal } = this.#listening;
+    // A mesh built after an await gets the channel's buffered backlog first (in a
+    // microtask queued by this listener), so a `peer-left` already received is known
+    // before #connectAll below runs.
+    channel.addEventListener("message", (event) => this.#onMessage(event.data), { signal });
+    channel.addEventListener("rejoin", () => this.#onRejoin(), { signal });
+    channel.addEventListener("close", () => this.close(), { signal });
     this.#rememberNames(channel.peers);
     // In a microtask, so `link` listeners attached right after construction see these links.
     if (options.autoConnect !== false) queueMicrotask(() => this.#connectAll());
@@ -605,7 +771,14 @@ export class PeerMesh extends EventTarget {
     return this.links.get(remotePeer) ?? this.#createLink(remotePeer);
   }
 
+  /** Close every link and stop listening to the channel (which stays open). */
   close() {
+    this.#closed = true;
+    this.#listening.abort();
+    this.#closeLinks();
+  }
+
+  #closeLinks() {
     for (const link of [...this.links.values()]) link.close();
   }
 
@@ -640,6 +813,7 @@ export class PeerMesh extends EventTarget {
       return;
     }
     if (type === "peer-left") {
+      this.#departed.add(from);
       this.links.get(from)?.close();
       return;
     }
@@ -654,12 +828,15 @@ export class PeerMesh extends EventTarget {
 
   #onRejoin() {
     // A new peer id: every remote sees us as a newcomer, so start over as one.
-    this.close();
+    this.#closeLinks();
     this.#rememberNames(this.#channel.peers);
     if (this.#options.autoConnect !== false) this.#connectAll();
   }
 
   #connectAll() {
-    for (const p of this.#channel.peers) if (!this.#channel.closed) this.connect(p.peer);
+    for (const p of this.#channel.peers) {
+      if (this.#closed || this.#channel.closed) return;
+      if (!this.#departed.has(p.peer)) this.connect(p.peer);
+    }
   }
 }

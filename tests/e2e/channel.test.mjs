@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { launchBrowser, libraryPage, freshRoom, closeContext } from "./lib/browser.mjs";
+import { launchBrowser, libraryPage, freshRoom, closeContext, joinQuietly, waitForPolled } from "./lib/browser.mjs";
 
 let server, browser;
 before(async () => {
@@ -15,42 +15,26 @@ after(async () => {
   await server?.stop();
 });
 
-/** Join on a library page without attaching any listener; `window.seen` counts polled ids. */
-function joinQuietly(page, room, name) {
-  return page.evaluate(async ({ base, room, name }) => {
-    window.seen = [];
-    // Wrap fetch to see what the poll loop received before any listener exists.
-    const fetch = async (...args) => {
-      const response = await window.fetch(...args);
-      if (String(args[0]).includes("/messages?")) {
-        response.clone().json().then((b) => window.seen.push(...(b.messages ?? []).map((m) => m.type))).catch(() => {});
-      }
-      return response;
-    };
-    window.channel = await window.sp.SignalingChannel.join(base, room, { name, fetch });
-    return window.channel.peer;
-  }, { base: server.url, room, name });
-}
-
 test("messages that arrive before the first listener are still delivered", async () => {
   const room = freshRoom("late");
   const context = await browser.newContext();
   try {
     const alice = await libraryPage(context, server.url);
     const bob = await libraryPage(context, server.url);
-    const alicePeer = await joinQuietly(alice, room, "alice");
-    await joinQuietly(bob, room, "bob");
+    const alicePeer = await joinQuietly(alice, server.url, room, "alice");
+    await joinQuietly(bob, server.url, room, "bob");
     await bob.evaluate((to) => window.channel.send({ to, type: "message", data: { hello: "alice" } }), alicePeer);
 
     // Alice's poll has received both the peer-joined and the message, with nobody listening.
-    await alice.waitForFunction(() => window.seen.includes("message"), null, { timeout: 10_000 });
-    await alice.waitForTimeout(300);
-    const delivered = await alice.evaluate(() => new Promise((resolve) => {
+    await waitForPolled(alice, "message");
+    const delivered = await alice.evaluate(async () => {
       const got = { message: [], joined: [] };
       window.channel.addEventListener("message", (e) => got.message.push(e.data.type));
       window.channel.addEventListener("peer-joined", (e) => got.joined.push(e.data.data?.name));
-      setTimeout(() => resolve(got), 200);
-    }));
+      // The backlog is flushed in a microtask: a macrotask later it has all been dispatched.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      return got;
+    });
     assert.deepEqual(delivered.message, ["peer-joined", "message"]);
     assert.deepEqual(delivered.joined, ["bob"]);
   } finally {
@@ -64,8 +48,8 @@ test("candidates sent in quick succession share one batch request", async () => 
   try {
     const alice = await libraryPage(context, server.url);
     const bob = await libraryPage(context, server.url);
-    const alicePeer = await joinQuietly(alice, room, "alice");
-    await joinQuietly(bob, room, "bob");
+    const alicePeer = await joinQuietly(alice, server.url, room, "alice");
+    await joinQuietly(bob, server.url, room, "bob");
     const posts = [];
     bob.on("request", (r) => { if (r.method() === "POST" && r.url().endsWith("/messages")) posts.push(JSON.parse(r.postData())); });
     const ids = await bob.evaluate((to) => Promise.all(Array.from({ length: 60 }, (_, i) => window.channel.send({

@@ -100,3 +100,45 @@ export async function closeContext(context) {
   for (const page of context.pages()) await page.unrouteAll({ behavior: "ignoreErrors" }).catch(() => {});
   await context.close();
 }
+
+/**
+ * On a libraryPage: join `room` as `window.channel` without attaching any listener, as an
+ * app busy awaiting something else would. `window.seen` lists the types of polled
+ * messages; `window.polls` counts polls started, and `window.pollsBefore[type]` is that
+ * count when a poll's answer first carried `type`. Resolves with the peer id.
+ */
+export function joinQuietly(page, base, room, name) {
+  return page.evaluate(async ({ base, room, name }) => {
+    window.seen = [];
+    window.polls = 0;
+    window.pollsBefore = {};
+    // Wrap fetch to see what the poll loop received before any listener exists.
+    const fetch = async (...args) => {
+      const isPoll = String(args[0]).includes("/messages?");
+      if (isPoll) window.polls++;
+      const started = window.polls;
+      const response = await window.fetch(...args);
+      if (isPoll) {
+        response.clone().json().then((b) => {
+          for (const m of b.messages ?? []) {
+            window.seen.push(m.type);
+            window.pollsBefore[m.type] ??= started;
+          }
+        }).catch(() => {});
+      }
+      return response;
+    };
+    window.channel = await window.sp.SignalingChannel.join(base, room, { name, fetch });
+    return window.channel.peer;
+  }, { base, room, name });
+}
+
+/**
+ * Wait until a joinQuietly channel has taken in a polled message of `type`. The poll loop
+ * starts its next poll only after handling the previous answer, so once a poll later than
+ * the one that carried it has started, the channel holds the message (no sleep needed).
+ */
+export function waitForPolled(page, type, timeout = 15_000) {
+  return page.waitForFunction((t) => window.seen.includes(t) && window.polls > window.pollsBefore[t],
+    type, { timeout });
+}

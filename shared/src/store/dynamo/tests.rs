@@ -3,6 +3,7 @@
 //! Run through `tests/with-moto.sh`, which starts the server and sets
 //! `SIGNALPOST_TEST_DYNAMODB_ENDPOINT`; without it these tests fail on purpose.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use tokio::sync::{OnceCell, oneshot};
 
 use super::*;
 use crate::clock::now_millis;
+use crate::ids::MessageId;
+use crate::message::MessageKind;
 use crate::message::Outgoing;
 use crate::store::conformance::{join, post_one, timing};
 

@@ -1,0 +1,168 @@
+//! Reading an inbox: the contiguous run after a cursor, and tombstones over gaps that a
+//! stalled or dead writer left for longer than the gap timeout.
+
+use super::items::{
+    InboxItem, get_n, inbox_pk, key, member, member_sk, room_pk, seq_sk, void_item,
+};
+use super::{
+    DynamoStore, GAP_TIMEOUT_MS, MAX_NOTICED_GAPS, MAX_READ_ROUNDS, MAX_TRANSACTION_ITEMS,
+    TOMBSTONE_MIN_LIFE_MS, cancellation, conditional_put, unavailable,
+};
+use crate::clock::Millis;
+use crate::ids::{PeerId, RoomId};
+use crate::message::StoredMessage;
+use crate::store::{Seq, StoreError};
+
+impl DynamoStore {
+    /// Whether the unfilled position `seq` of an inbox has waited long enough to give up on.
+    async fn gap_is_abandoned(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        inbox: &str,
+        seq: Seq,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let noticed = {
+            let mut gaps = self
+                .noticed_gaps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if gaps.len() >= MAX_NOTICED_GAPS {
+                gaps.retain(|_, noticed| now - *noticed < 60_000);
+                if gaps.len() >= MAX_NOTICED_GAPS {
+                    gaps.clear();
+                }
+            }
+            *gaps.entry((inbox.to_owned(), seq)).or_insert(now)
+        };
+        if now - noticed >= GAP_TIMEOUT_MS {
+            return Ok(true);
+        }
+        // Every allocation in this inbox is at least as old as the newest one.
+        self.count_read();
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(room_pk(room), member_sk(peer))))
+            .consistent_read(true)
+            .projection_expression("lastSeqAt")
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match output.item {
+            Some(item) => Ok(now - get_n::<Millis>(&item, member::LAST_SEQ_AT)? >= GAP_TIMEOUT_MS),
+            None => Ok(true),
+        }
+    }
+
+    /// Tombstones each position of `first..=last` (at most a transaction's worth) that is
+    /// still empty, all or nothing: if a late writer got one in first, nothing is written.
+    async fn tombstone(
+        &self,
+        inbox: &str,
+        first: Seq,
+        last: Seq,
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        let last = last.min(first + MAX_TRANSACTION_ITEMS - 1);
+        let transaction = (first..=last)
+            .map(|seq| {
+                conditional_put(
+                    &self.table,
+                    void_item(inbox.to_owned(), seq, seq, expires_at),
+                    "attribute_not_exists(pk)",
+                    None,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.count_write(transaction.len());
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(transaction))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if cancellation(&error).is_some() => Ok(()),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    pub(super) async fn read_inbox(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        after: Seq,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let inbox = inbox_pk(room, peer);
+        let page_size = i32::try_from(limit.min(1_000)).unwrap_or(1_000);
+        for _ in 0..MAX_READ_ROUNDS {
+            let mut messages = Vec::new();
+            let mut expected = after + 1;
+            let mut blocked: Option<InboxItem> = None;
+            let mut failure = None;
+            self.query_partition(
+                inbox.clone(),
+                Some(seq_sk(after)),
+                Some(page_size),
+                |page| {
+                    for raw in page {
+                        let item = match InboxItem::from_item(raw, now) {
+                            Ok(item) => item,
+                            Err(error) => {
+                                failure = Some(error);
+                                return false;
+                            }
+                        };
+                        if item.last < expected {
+                            continue;
+                        }
+                        if item.first > expected {
+                            blocked = Some(item);
+                            return false;
+                        }
+                        for seq in expected.max(item.first)..=item.last {
+                            if let Some(message) = item.message(seq, peer) {
+                                messages.push(message);
+                                if messages.len() >= limit {
+                                    return false;
+                                }
+                            }
+                        }
+                        expected = item.last + 1;
+                    }
+                    true
+                },
+            )
+            .await?;
+            if let Some(error) = failure {
+                return Err(error);
+            }
+            let Some(blocked) = blocked else {
+                return Ok(messages);
+            };
+            if !messages.is_empty() {
+                // Deliver what is ready; the gap is dealt with by the next read.
+                return Ok(messages);
+            }
+            if !self
+                .gap_is_abandoned(room, peer, &inbox, expected, now)
+                .await?
+            {
+                return Ok(messages);
+            }
+            let expires_at = blocked.expires_at_ms.max(now + TOMBSTONE_MIN_LIFE_MS);
+            self.tombstone(&inbox, expected, blocked.first - 1, expires_at)
+                .await?;
+        }
+        Ok(Vec::new())
+    }
+}
