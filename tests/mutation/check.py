@@ -97,9 +97,31 @@ def log(text):
     print(f"mutation: {text}", flush=True)
 
 
+def in_copy(path, text):
+    """The copy's version of a file: the same, except that the workspace's version gets a
+    `-mutation` suffix. Cargo names a workspace crate's build outputs by its name and version,
+    not its path, so without it the mutated copy would overwrite the real tree's outputs in
+    the shared target directory (and the real tree would then test a mutant)."""
+    if path == "Cargo.toml":
+        marker = '[workspace.package]\nversion = "'
+        start = text.index(marker) + len(marker)
+        end = text.index('"', start)
+        text = f"{text[:end]}-mutation{text[end:]}"
+    return text
+
+
+def write(path, text):
+    """Writes a file of the copy. The modification time is now, so that cargo rebuilds what
+    depends on it, also when the content goes back to an earlier version."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+
+
 def copy_tree():
-    """Copies the working tree's files (not target/) to TREE, keeping modification times so
-    that unchanged files do not rebuild, and removing files that are gone."""
+    """Brings TREE up to date with the working tree's files (not target/): only files whose
+    content differs are written, so unchanged crates do not rebuild; files that are gone are
+    removed."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT, check=True, capture_output=True,
@@ -112,15 +134,32 @@ def copy_tree():
                 os.remove(os.path.join(directory, name))
     for path in files:
         source, copy = os.path.join(ROOT, path), os.path.join(TREE, path)
-        if os.path.exists(copy) and os.path.getmtime(copy) == os.path.getmtime(source) \
-                and os.path.getsize(copy) == os.path.getsize(source):
+        try:
+            with open(source, encoding="utf-8") as file:
+                wanted = in_copy(path, file.read())
+        except UnicodeDecodeError:
+            os.makedirs(os.path.dirname(copy), exist_ok=True)
+            shutil.copyfile(source, copy)
             continue
-        os.makedirs(os.path.dirname(copy), exist_ok=True)
-        shutil.copy2(source, copy)
+        try:
+            with open(copy, encoding="utf-8") as file:
+                if file.read() == wanted:
+                    continue
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        write(copy, wanted)
+
+
+def restore_real_binary():
+    """The copy's API tests leave its (mutated) `signalpost` at target/debug/signalpost, the
+    path every tree's tests run: build the real one again, so later stages use it."""
+    subprocess.run(["cargo", "build", "--locked", "--quiet", "-p", "signalpost-server"],
+                   cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})
 
 
 def cargo(mutation, build_only):
-    command = ["cargo", "test", "--locked", "--manifest-path", os.path.join(TREE, "Cargo.toml"),
+    # Not --locked: the copy's lock file takes the copy's workspace version (offline).
+    command = ["cargo", "test", "--offline", "--manifest-path", os.path.join(TREE, "Cargo.toml"),
                *mutation.test_target]
     command += ["--no-run"] if build_only else ["--", "--exact", mutation.test]
     if mutation.moto and not build_only:
@@ -156,7 +195,7 @@ def check(mutation):
         ran = cargo(mutation, build_only=False)
         run_seconds = time.monotonic() - started
     finally:
-        shutil.copy2(original_path, copy_path)
+        write(copy_path, original)
     output = ran.stdout + ran.stderr
     killed = ran.returncode != 0 and "0 passed; 1 failed" in output
     timing = f"(build {build_seconds:.0f} s, test {run_seconds:.0f} s)"
@@ -184,11 +223,15 @@ def main():
     log(f"copying the tree to {TREE}")
     copy_tree()
     verdicts = []
-    for mutation in chosen:
-        log(f"{mutation.name} ({mutation.path})")
-        killed, verdict = check(mutation)
-        log(verdict)
-        verdicts.append((killed, verdict))
+    try:
+        for mutation in chosen:
+            log(f"{mutation.name} ({mutation.path})")
+            killed, verdict = check(mutation)
+            log(verdict)
+            verdicts.append((killed, verdict))
+    finally:
+        if any(mutation.test_target == API for mutation in chosen):
+            restore_real_binary()
     survived = [verdict for killed, verdict in verdicts if not killed]
     print(f"\n{len(verdicts) - len(survived)} of {len(verdicts)} mutations killed")
     for verdict in survived:
