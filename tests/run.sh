@@ -6,6 +6,8 @@
 #   1. Rust: unit tests, property tests, the store conformance suite (SQLite, and DynamoDB on
 #      a local moto server) and the black-box API suite (hostile clients included) against
 #      the real signalpost binary, on both stores; the reliability suite;
+#   1a. the mutation check (tests/mutation/check.py): each core guarantee's test must fail
+#      when a one-line mutation breaks that guarantee;
 #   1b. the same black-box suite through the five Lambda functions under `cargo lambda watch`
 #      (installed from PyPI if missing), on SQLite and on DynamoDB, recording each function's
 #      DynamoDB and Secrets Manager calls for the IAM check;
@@ -30,6 +32,11 @@ tests/with-moto.sh bash -c '
     echo "--- the black-box API suite again, on DynamoDB"
     SIGNALPOST_TEST_STORE=dynamodb cargo test --locked -p signalpost-server --test api
 '
+
+section "Mutation check: the core guarantees' tests fail when the guarantee is broken"
+# One-line mutations (no wake-up, no expiry filter, no idempotency lookup, a reversed batch,
+# no room check on tokens) in a copy of the tree under target/, each against its narrow test.
+python3 tests/mutation/check.py
 
 section "The API suite through the Lambda functions under cargo lambda watch, on both stores"
 bash tests/watch/run.sh

@@ -242,6 +242,7 @@ impl Signalling {
         }
         // A first poll counts as activity: a negotiation usually follows a join.
         let activity = after.map_or_else(now_millis, |cursor| cursor.activity);
+        let mut first_wait = true;
         loop {
             let woken = subscription.notify().notified();
             tokio::pin!(woken);
@@ -273,6 +274,13 @@ impl Signalling {
             // an idle poll then costs one store read per interval plus one sweep per
             // SWEEP_INTERVAL, not an extra read after every sweep.
             let pause = self.schedule.interval(quiet).min(deadline - now);
+            if first_wait {
+                // From here on only a wake-up or a later read returns the poll: tests that
+                // time wake-ups across processes wait for this event before they post
+                // (tests/watch/cross_process_wakeup.py).
+                tracing::debug!(%room, %peer, "long poll waiting");
+                first_wait = false;
+            }
             tokio::select! {
                 () = &mut woken => {}
                 () = tokio::time::sleep(pause) => {}

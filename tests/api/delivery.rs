@@ -190,28 +190,60 @@ async fn a_repeated_client_id_is_delivered_once_with_one_server_id() {
     assert_eq!(of_type(&received, "offer").len(), 1);
 }
 
+/// A post wakes a waiting poll at once: it is not merely found by the poll's next fallback
+/// read of the store. The poll holds an idle cursor (its inbox quiet for a minute), so the
+/// server's fallback reads are seconds apart (every 2 s today; a cross-process wake-up
+/// mechanism may space them further), and the post lands mid-way between two of them. Only a
+/// wake-up returns the poll within [`WOKEN_WITHIN`] of the post; three rounds, so that one
+/// lucky read cannot pass the test. Standalone only: under `cargo lambda watch` the post and
+/// the poll run in different processes.
 #[tokio::test]
 async fn a_waiting_poll_wakes_when_a_message_arrives() {
+    /// Well under the idle fallback interval (2 s), well over a wake-up on a loaded machine.
+    const WOKEN_WITHIN: Duration = Duration::from_millis(500);
+    /// How long the poll waits before the post: past its first read, mid-way to its next.
+    const POST_AFTER: Duration = Duration::from_millis(1000);
+    if crate::support::standalone_only("in-process wake-up timing") {
+        return;
+    }
     let server = Server::start();
     let room = room();
     let mut alice = join(&server, &room, "alice").await;
     let bob = join(&server, &room, "bob").await;
     alice.poll(0).await;
     let alice_id = alice.id.clone();
-    let poller = tokio::spawn(async move {
+    for round in 0..3 {
+        // The cursor is `<sequence>.<last activity ms>`: the same position, quiet for 60 s.
+        let cursor = alice.cursor.clone().expect("a cursor");
+        let (sequence, _) = cursor.split_once('.').expect("cursor shape");
+        let quiet_since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis()
+            - 60_000;
+        alice.cursor = Some(format!("{sequence}.{quiet_since}"));
         let started = Instant::now();
-        let messages = alice.poll(20).await;
-        (messages, started.elapsed())
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    bob.send(json!({"to": alice_id, "type": "message", "data": 1}))
-        .await;
-    let (messages, waited) = poller.await.expect("poll task");
-    assert_eq!(of_type(&messages, "message").len(), 1);
-    assert!(
-        waited < Duration::from_secs(10),
-        "returned on arrival, not after the 20 s wait ({waited:?})"
-    );
+        let poll = alice.poll(20);
+        let post = async {
+            tokio::time::sleep(POST_AFTER).await;
+            let sent = Instant::now();
+            bob.send(json!({"to": alice_id, "type": "message", "data": round}))
+                .await;
+            sent
+        };
+        let (messages, sent) = tokio::join!(poll, post);
+        let woken_after = sent.elapsed();
+        assert_eq!(of_type(&messages, "message").len(), 1, "{messages:?}");
+        assert!(
+            started.elapsed() >= POST_AFTER,
+            "round {round}: the poll returned before the post"
+        );
+        assert!(
+            woken_after < WOKEN_WITHIN,
+            "round {round}: the poll returned {woken_after:?} after the post, so a fallback \
+             read found the message, not a wake-up"
+        );
+    }
 }
 
 #[tokio::test]

@@ -114,6 +114,13 @@ async fn call_every_route(server: &Server, room: &str, peer: &str, token: &str) 
     statuses
 }
 
+/// `segment` with its first base64url character replaced: the first character carries six
+/// whole bits of the first byte, so the decoded bytes always change.
+fn change_first_character(segment: &str) -> String {
+    let replacement = if segment.starts_with('A') { "B" } else { "A" };
+    format!("{replacement}{}", &segment[1..])
+}
+
 #[tokio::test]
 async fn forged_tokens_are_refused_on_every_route_and_the_peer_stays() {
     let server = Server::start();
@@ -144,11 +151,18 @@ async fn forged_tokens_are_refused_on_every_route_and_the_peer_stays() {
         keys.issue_join(&room_id, later),
         // Expired by one second.
         keys.issue_peer(&room_id, &alice_id, now_millis() / 1000 - 1),
-        // The real token with a character changed in each segment, and with one appended.
-        alice.token.replacen('e', "f", 1),
+        // The real token with one character appended.
         format!("{}x", alice.token),
     ];
-    for token in &forged {
+    // The real token with one character changed in each segment in turn: the header, the
+    // claims, the signature.
+    let forged = forged.into_iter().chain((0..3).map(|segment| {
+        let mut changed: Vec<String> = segments.iter().map(|part| (*part).to_owned()).collect();
+        changed[segment] = change_first_character(&changed[segment]);
+        changed.join(".")
+    }));
+    for token in forged {
+        let token = &token;
         let statuses = call_every_route(&server, &room, &alice.id, token).await;
         // The beacon answers 400 when the text is not a header-safe token; all else is 401.
         assert!(
@@ -812,11 +826,20 @@ async fn secrets_never_reach_the_logs() {
         .expect("leave");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Under watch these are the logs of every function process (tests/support/watch.rs).
     let logs = server.logs();
     assert!(
-        logs.lines().count() > 3,
-        "debug logging is on, so there is something to check: {logs}"
+        logs.lines().count() > 3 && logs.contains(&room),
+        "debug logging is on and the requests are logged, so there is something to check: {logs}"
     );
+    if crate::support::watch::enabled() {
+        for function in ["join", "post", "poll", "leave", "ice-servers"] {
+            assert!(
+                logs.contains(&format!("function=\"{function}\"")),
+                "the {function} function's output is among the logs checked:\n{logs}"
+            );
+        }
+    }
     for secret in [SECRET, TURN_SECRET] {
         assert!(!logs.contains(secret), "a secret is in the logs:\n{logs}");
     }

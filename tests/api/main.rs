@@ -11,3 +11,4 @@ mod errors;
 mod hostile;
 mod lifecycle;
 mod membership;
+mod stalled_store;

@@ -149,21 +149,26 @@ async fn a_silent_peer_times_out_and_its_inbox_stops_growing() {
 }
 
 /// Resident memory (kB) and open files of a process, from /proc.
+/// The server's resident memory (kB) and open file descriptors, from `/proc`. Panics when
+/// they cannot be read: a figure of 0 would make every "stays flat" check below pass.
 fn process_figures(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|error| panic!("/proc/{pid}/status: {error}"));
     let rss = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"));
+    let files = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|error| panic!("/proc/{pid}/fd: {error}"))
+        .count();
     (rss, files)
 }
 
+/// The size of the server's SQLite files (database, journal and WAL).
 fn database_bytes(directory: &std::path::Path) -> u64 {
     std::fs::read_dir(directory)
-        .into_iter()
-        .flatten()
+        .unwrap_or_else(|error| panic!("{}: {error}", directory.display()))
         .flatten()
         .filter_map(|entry| entry.metadata().ok())
         .map(|metadata| metadata.len())
@@ -195,6 +200,13 @@ async fn a_soak_keeps_memory_files_and_the_database_flat() {
         "enough waves to judge: {}",
         samples.len()
     );
+    // Every figure was really measured: a zero would make the flatness checks vacuous.
+    for sample in &samples {
+        assert!(
+            sample.1 > 0 && sample.2 > 0 && sample.3 > 0,
+            "a figure is zero (rss kB, open files, database bytes): {sample:?}"
+        );
+    }
     let third = samples.len() / 3;
     let peak = |range: &[(u64, u64, usize, u64)], pick: fn(&(u64, u64, usize, u64)) -> u64| {
         range.iter().map(pick).max().unwrap_or(0)

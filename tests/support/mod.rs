@@ -1,10 +1,13 @@
 //! The black-box harness: starts the real `signalpost` binary on a free loopback port with its
-//! own SQLite file, and speaks HTTP to it like any client would.
+//! own store, and speaks HTTP to it like any client would.
+//!
+//! `SIGNALPOST_TEST_STORE` chooses that store: `sqlite` (the default) gives every server its
+//! own SQLite file, `dynamodb` its own table on the DynamoDB-compatible endpoint of the AWS
+//! variables (run the suite through `tests/with-moto.sh`). Any other value fails every test.
 //!
 //! With `SIGNALPOST_TEST_TARGET=watch` the same tests run against the Lambda functions under
-//! `cargo lambda watch` instead (see [`watch`] and `tests/watch/run.sh`).
-
-#![allow(dead_code)] // each test binary uses a different part of the harness
+//! `cargo lambda watch` instead (see [`watch`] and `tests/watch/run.sh`), on the store that
+//! `SIGNALPOST_TABLE` chooses there.
 
 pub mod watch;
 
@@ -31,31 +34,61 @@ pub struct Server {
     listen: String,
     env: Vec<(String, String)>,
     directory: tempfile::TempDir,
+    /// The DynamoDB table under `SIGNALPOST_TEST_STORE=dynamodb`: created once, kept across
+    /// restarts like the SQLite file in `directory`.
+    table: Option<String>,
     /// The server's stderr (its logs) when captured, else `None` (inherited).
     stderr: Option<Arc<Mutex<String>>>,
 }
 
-/// The store the suite runs on: SQLite unless `SIGNALPOST_TEST_STORE=dynamodb`, when every
-/// server gets a fresh table on the DynamoDB-compatible endpoint of the AWS variables (see
-/// `tests/with-moto.sh`).
-fn dynamodb_table() -> Option<String> {
-    match std::env::var("SIGNALPOST_TEST_STORE").as_deref() {
-        Ok("dynamodb") => {
-            let table = format!("blackbox-{}", ulid::Ulid::new().to_string().to_lowercase());
-            let output = Command::new(env!("CARGO_BIN_EXE_signalpost"))
-                .arg("create-table")
-                .env("SIGNALPOST_TABLE", &table)
-                .output()
-                .expect("signalpost create-table runs");
-            assert!(
-                output.status.success(),
-                "create-table failed (run the suite through tests/with-moto.sh): {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            Some(table)
+/// The store `SIGNALPOST_TEST_STORE` chooses. An unknown value panics, so that a typo cannot
+/// quietly run the suite on SQLite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TestStore {
+    Sqlite,
+    Dynamodb,
+}
+
+impl TestStore {
+    fn from_env() -> Self {
+        match std::env::var("SIGNALPOST_TEST_STORE").as_deref() {
+            Ok("sqlite") | Err(std::env::VarError::NotPresent) => Self::Sqlite,
+            Ok("dynamodb") => Self::Dynamodb,
+            Ok(other) => panic!("SIGNALPOST_TEST_STORE={other:?}: expected sqlite or dynamodb"),
+            Err(error) => panic!("SIGNALPOST_TEST_STORE: {error}"),
         }
-        Ok("sqlite") | Err(_) => None,
-        Ok(other) => panic!("SIGNALPOST_TEST_STORE={other}: expected sqlite or dynamodb"),
+    }
+}
+
+/// For a standalone server: `None` on SQLite, or a fresh table on the DynamoDB-compatible
+/// endpoint of the AWS variables (see `tests/with-moto.sh`).
+fn dynamodb_table() -> Option<String> {
+    if TestStore::from_env() == TestStore::Sqlite {
+        return None;
+    }
+    let table = format!("blackbox-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_signalpost"));
+    remove_signalpost_variables(&mut command);
+    let output = command
+        .arg("create-table")
+        .env("SIGNALPOST_TABLE", &table)
+        .output()
+        .expect("signalpost create-table runs");
+    assert!(
+        output.status.success(),
+        "create-table failed (run the suite through tests/with-moto.sh): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(table)
+}
+
+/// Keeps the test process's own `SIGNALPOST_*` variables away from a server it starts: each
+/// server gets exactly the configuration its test asks for.
+fn remove_signalpost_variables(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SIGNALPOST_") {
+            command.env_remove(name);
+        }
     }
 }
 
@@ -77,6 +110,12 @@ impl Server {
     /// A server with extra `SIGNALPOST_*` variables.
     pub fn start_with(env: &[(&str, &str)]) -> Self {
         if watch::enabled() {
+            // The functions under watch use the table of SIGNALPOST_TABLE (tests/watch/run.sh).
+            assert!(
+                TestStore::from_env() == TestStore::Sqlite
+                    || std::env::var_os("SIGNALPOST_TABLE").is_some(),
+                "SIGNALPOST_TEST_STORE=dynamodb under watch needs SIGNALPOST_TABLE"
+            );
             let watch = watch::instance(env);
             return Self {
                 child: None,
@@ -84,6 +123,7 @@ impl Server {
                 listen: String::new(),
                 env: Vec::new(),
                 directory: tempfile::tempdir().expect("temporary directory"),
+                table: None,
                 stderr: None,
                 watch: Some(watch),
             };
@@ -91,8 +131,12 @@ impl Server {
         Self::start_inner(env, false)
     }
 
-    /// A server with extra variables whose stderr (the logs) is kept for [`Server::logs`].
+    /// A server with extra variables whose logs are kept for [`Server::logs`]: the process's
+    /// stderr, or under watch the output of every function process of the watch.
     pub fn start_capturing_logs(env: &[(&str, &str)]) -> Self {
+        if watch::enabled() {
+            return Self::start_with(env);
+        }
         Self::start_inner(env, true)
     }
 
@@ -107,6 +151,7 @@ impl Server {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             directory: tempfile::tempdir().expect("temporary directory"),
+            table: dynamodb_table(),
             stderr: capture_logs.then(Default::default),
         };
         server.spawn();
@@ -115,10 +160,9 @@ impl Server {
 
     fn spawn(&mut self) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_signalpost"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("SIGNALPOST_") {
-                command.env_remove(name);
-            }
+        remove_signalpost_variables(&mut command);
+        if let Some(table) = &self.table {
+            command.env("SIGNALPOST_TABLE", table);
         }
         command
             .env("SIGNALPOST_LISTEN", &self.listen)
@@ -198,18 +242,24 @@ impl Server {
     }
 
     /// The server's process id.
+    #[allow(dead_code)] // tests/reliability only
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The directory holding its SQLite file.
+    #[allow(dead_code)] // tests/reliability only
     pub fn directory(&self) -> &std::path::Path {
         self.directory.path()
     }
 
     /// Everything the server has written to stderr so far (only with
-    /// [`Server::start_capturing_logs`]).
+    /// [`Server::start_capturing_logs`]); under watch, everything its functions have written
+    /// (the watch of this test's environment, shared only with tests of the same environment).
     pub fn logs(&self) -> String {
+        if let Some(watch) = &self.watch {
+            return watch.logs();
+        }
         self.stderr.as_ref().map_or_else(String::new, |logs| {
             logs.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

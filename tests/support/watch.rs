@@ -120,6 +120,12 @@ impl Watch {
         watch
     }
 
+    /// Everything the watch and its function processes have written so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|error| panic!("{}: {error}", self.log.display()))
+    }
+
     fn wait_until_ready(&self, port: u16) {
         let started = Instant::now();
         while started.elapsed() < STARTUP_TIMEOUT {
