@@ -23,6 +23,18 @@ async function open(context, url) {
   return page;
 }
 
+const waitForStartStep = (page) => page.waitForFunction(
+  () => document.documentElement.dataset.state === "start", null, { timeout: 10_000 });
+
+/** On a page at the Start a call step: press it, open the link it leads to in a second tab. */
+async function startCallInTwoTabs(context, first) {
+  await first.click("#start-call");
+  await first.waitForURL(/\?room=/, { timeout: 10_000 });
+  const second = await open(context, first.url());
+  await Promise.all([waitForDemoPeers(first, 1), waitForDemoPeers(second, 1)]);
+  return second;
+}
+
 test("the URL the server prints, opened in two tabs, is a call", async () => {
   assert.match(server.callUrl, /^http:\/\/127\.0\.0\.1:\d+\/\?room=[a-z]+-[a-z]+$/);
   const context = await browser.newContext();
@@ -46,15 +58,12 @@ test("without ?room= the page offers to start a call, and its link makes one", a
       if (request.method() === "POST" && request.url().endsWith("/peers")) joins.push(request.url());
     });
     const first = await open(context, `${server.url}/`);
-    await first.waitForFunction(() => document.documentElement.dataset.state === "start", null, { timeout: 10_000 });
+    await waitForStartStep(first);
     assert.ok(await first.isVisible("text=Start a call"), "the Start a call step is shown");
     assert.ok(!(await first.isVisible("#tiles")), "no empty call is shown");
     assert.deepEqual(joins, [], "nothing is joined before the person asks for a call");
 
-    await first.click("#start-call");
-    await first.waitForURL(/\?room=/, { timeout: 10_000 });
-    const second = await open(context, first.url());
-    await Promise.all([waitForDemoPeers(first, 1), waitForDemoPeers(second, 1)]);
+    const second = await startCallInTwoTabs(context, first);
     assert.equal(await second.inputValue("#room-link"), first.url(), "the room link shown is the one opened");
   } finally {
     await closeContext(context);
@@ -69,12 +78,9 @@ test("?server= runs the call on another signalpost, and the started room keeps i
       if (new URL(request.url()).pathname.startsWith("/v1/")) apiRequests.push(request.url());
     });
     const first = await open(context, `${server.url}/?server=${apiServer.url}`);
-    await first.waitForFunction(() => document.documentElement.dataset.state === "start", null, { timeout: 10_000 });
-    await first.click("#start-call");
-    await first.waitForURL(/\?room=/, { timeout: 10_000 });
+    await waitForStartStep(first);
+    await startCallInTwoTabs(context, first);
     assert.equal(new URL(first.url()).searchParams.get("server"), apiServer.url);
-    const second = await open(context, first.url());
-    await Promise.all([waitForDemoPeers(first, 1), waitForDemoPeers(second, 1)]);
     assert.ok(apiRequests.length > 0);
     for (const url of apiRequests) assert.ok(url.startsWith(`${apiServer.url}/`), `${url} went to the API server`);
   } finally {
