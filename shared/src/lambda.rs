@@ -130,7 +130,7 @@ fn secret_arn() -> Result<Option<String>, String> {
 /// the environment (region, credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`). The value is
 /// never logged: errors name the secret, not its contents.
 async fn fetch_secret(arn: &str) -> Result<String, String> {
-    let config = aws_config::defaults(BehaviorVersion::latest())
+    let config = crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
         // The store client's settings: a stuck endpoint fails the init quickly.
         .timeout_config(crate::store::dynamo::DynamoStore::timeouts())
         .retry_config(RetryConfig::standard().with_max_attempts(3))
