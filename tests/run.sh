@@ -17,11 +17,18 @@
 #      needs (infra/check_template.py: CORS, parameter ranges, Rules, concurrency, IAM grants
 #      equal to the calls 1b recorded);
 #   5. real-browser end-to-end calls: headless Chromium (Debian's package: `apt-get install
-#      chromium`; .ci/run installs it) through web/signalpost.js and the demo page.
+#      chromium`; .ci/run installs it) through web/signalpost.js and the demo page;
+#   6. the README blocks marked quick, run as written (tests/docs/check.py --run; its static
+#      checks also run first of all, in a second: links stay inside the repository, commands
+#      name scripts, packages and paths that exist, configuration tables match the code);
+#   7. the five Lambda functions' arm64 release sizes, printed and held to the README's table.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 section() { printf '\n=== %s\n' "$*"; }
+
+section "READMEs and the contract: links, commands, configuration tables"
+python3 tests/docs/check.py
 
 # One DynamoDB-compatible server (moto, installed into target/venv-moto) for the Rust tests:
 # the store conformance suite runs on SQLite and on DynamoDB, and so does the black-box suite.
@@ -59,5 +66,11 @@ if [[ ! -x "$chromium" ]]; then
 fi
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 SIGNALPOST_BIN="$PWD/target/debug/signalpost" CHROMIUM="$chromium" npm --prefix tests/e2e test
+
+section "README blocks marked quick, run as written"
+python3 tests/docs/check.py --run
+
+section "Lambda function sizes (arm64 release, as deployed)"
+bash tests/function_sizes.sh
 
 section "all tests passed"

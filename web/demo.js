@@ -1,25 +1,33 @@
-// signalpost demo: joins the room from ?room= (a random one if absent) on the server from
-// ?server= (default: this page's origin) and runs a mesh video call with PeerMesh.
-// For tests, <html data-state> is "connected" while at least one remote peer's
-// RTCPeerConnection is connected, and <html data-peers> counts the connected ones.
+// signalpost demo: joins the room from ?room= on the server from ?server= (default: this
+// page's origin) and runs a mesh video call with PeerMesh. Without ?room= it shows the
+// "Start a call" step instead, which opens a fresh room's link (keeping ?server=).
+// For tests, <html data-state> is "start" on that step, "connected" while at least one
+// remote peer's RTCPeerConnection is connected, and <html data-peers> counts the connected ones.
 import { SignalingChannel, PeerMesh } from "./signalpost.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const server = params.get("server") || location.origin;
-const room = params.get("room") || `room-${crypto.getRandomValues(new Uint32Array(1))[0].toString(36)}`;
+const room = params.get("room") || null;
 const name = params.get("name") || `guest-${Math.floor(Math.random() * 900 + 100)}`;
 
-if (!params.get("room")) {
-  // Put the generated room into the address bar so that link is the one people share.
-  params.set("room", room);
-  history.replaceState(null, "", `${location.pathname}?${params}`);
+/** This page's link for `room`: the room and a non-default server, not this person's name. */
+function roomLink(room) {
+  const linkParams = new URLSearchParams({ room });
+  if (params.get("server")) linkParams.set("server", server);
+  return `${location.origin}${location.pathname}?${linkParams}`;
 }
-// The link to share names the room (and a non-default server), not this person's name.
-const shareParams = new URLSearchParams({ room });
-if (params.get("server")) shareParams.set("server", server);
-$("room-link").value = `${location.origin}${location.pathname}?${shareParams}`;
-$("local-name").textContent = `${name} (you)`;
+
+function showStartStep() {
+  setStatus("No call yet", "start");
+  const freshRoom = () => `room-${crypto.getRandomValues(new Uint32Array(2)).reduce((s, n) => s + n.toString(36), "")}`;
+  $("start-call").addEventListener("click", () => location.assign(roomLink(freshRoom())));
+  $("join-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.assign(roomLink($("join-room").value.trim()));
+  });
+  $("start-call").focus();
+}
 
 function setStatus(text, state) {
   $("status").textContent = text;
@@ -80,6 +88,8 @@ function render(mesh) {
 }
 
 async function main() {
+  $("room-link").value = roomLink(room);
+  $("local-name").textContent = `${name} (you)`;
   setStatus("Starting camera…", "starting");
   const stream = await localMedia();
   if (stream) $("local-video").srcObject = stream;
@@ -121,7 +131,11 @@ function toggle(id, tracks, label) {
   $(id).textContent = `${label} ${on ? "on" : "off"}`;
 }
 
-main().catch((err) => {
-  console.error(err);
-  setStatus(`Could not join: ${err.message}`, "error");
-});
+if (room === null) {
+  showStartStep();
+} else {
+  main().catch((err) => {
+    console.error(err);
+    setStatus(`Could not join: ${err.message}`, "error");
+  });
+}

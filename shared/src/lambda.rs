@@ -152,7 +152,7 @@ async fn fetch_secrets() -> Result<Vec<(&'static str, String)>, String> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let config = aws_config::defaults(BehaviorVersion::latest())
+    let config = crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
         // The store client's settings: a stuck endpoint fails the init quickly.
         .timeout_config(crate::store::dynamo::DynamoStore::timeouts())
         .retry_config(RetryConfig::standard().with_max_attempts(3))

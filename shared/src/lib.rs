@@ -5,6 +5,7 @@
 //! and calls [`signalling`], which applies the contract's rules over a [`store::Store`]
 //! (SQLite or DynamoDB) and wakes waiting long polls through [`wakeup`].
 
+pub mod aws;
 pub mod clock;
 pub mod config;
 pub mod cursor;

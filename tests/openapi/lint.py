@@ -1,47 +1,29 @@
 """Contract checks on shared/openapi.yaml that the OpenAPI meta-schema cannot express.
 
-The route table and the status -> problem code table are copied from shared/API.md (the
-contract); if the contract changes, change them here and in the document together.
+The routes, which of them need the Bearer token, their status codes and the status -> problem
+code table come from the prose contract next to the document, shared/API.md
+(contract_md.py reads it), so the two documents cannot drift apart.
 """
 
 import sys
+from pathlib import Path
 
 import yaml
 
-# (path, method) pairs of the contract, plus the standalone server's extension route.
-# Every route also answers the CORS preflight OPTIONS.
-ROUTES = {
-    ("/v1/rooms/{room}/peers", "post"),
-    ("/v1/rooms/{room}/messages", "post"),
-    ("/v1/rooms/{room}/messages", "get"),
-    ("/v1/rooms/{room}/peers/{peer}", "delete"),
-    ("/v1/rooms/{room}/peers/{peer}/leave", "post"),
-    ("/v1/ice-servers", "get"),
-    ("/v1/health", "get"),
-    ("/v1/openapi.yaml", "get"),
-}
-NO_PREFLIGHT = {"/v1/openapi.yaml"}
+from contract_md import read_contract
 
-CODES = {
-    "400": "invalid-request",
-    "401": "unauthorized",
-    "403": "forbidden",
-    "404": "not-found",
-    "405": "method-not-allowed",
-    "409": "room-full",
-    "410": "peer-gone",
-    "413": "payload-too-large",
-    "415": "unsupported-media-type",
-    "429": "rate-limited",
-    "503": "unavailable",
-    "500": "internal",
-}
+# Every route answers the CORS preflight OPTIONS, except this extension route.
+NO_PREFLIGHT = {"/v1/openapi.yaml"}
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 def main(path):
     doc = yaml.safe_load(open(path, encoding="utf-8"))
+    contract = read_contract(Path(path).with_name("API.md"))
+    ROUTES, CODES = contract.routes, contract.codes
     errors = []
+    if not ROUTES or not CODES:
+        errors.append("API.md: found no routes or no problem codes: has its format changed?")
 
     def resolve(node, seen=()):
         while isinstance(node, dict) and "$ref" in node:
@@ -102,6 +84,8 @@ def main(path):
             if "security" not in op:
                 errors.append(f"{where}: no explicit security (use [] for none)")
             bearer = any("bearerAuth" in req for req in op.get("security", []))
+            if bearer != ((route, method) in contract.bearer):
+                errors.append(f"{where}: Bearer in one document, not in the other (API.md heading: ' (Bearer)')")
             for status, response in op.get("responses", {}).items():
                 response = resolve(response)
                 headers = response.get("headers", {})
@@ -128,6 +112,17 @@ def main(path):
                 errors.append(f"{where}: no 500")
         if route not in NO_PREFLIGHT and "options" not in item:
             errors.append(f"{route}: no CORS preflight OPTIONS")
+
+    # The status codes each API.md route section names: every error status it names is
+    # declared by one of its operations, and every success status declared is named.
+    for section in contract.sections:
+        declared = set()
+        for route, method in section.routes:
+            declared |= set(doc["paths"].get(route, {}).get(method, {}).get("responses", {}))
+        for status in sorted(s for s in section.statuses if s[0] in "45" and s not in declared):
+            errors.append(f"API.md '{section.title}' names {status}, which its operations do not declare")
+        for status in sorted(s for s in declared if s[0] == "2" and s not in section.statuses):
+            errors.append(f"{section.title}: success status {status} is not in API.md")
 
     for route, method in sorted(ROUTES - found):
         errors.append(f"contract route missing: {method.upper()} {route}")

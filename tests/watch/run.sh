@@ -31,17 +31,8 @@ read -r -a stores <<<"${stores[*]}"
 section() { printf '\n=== %s\n' "$*"; }
 
 # --- cargo-lambda -------------------------------------------------------------------------
-if ! cargo lambda --version >/dev/null 2>&1; then
-    venv="$target/venv-cargo-lambda"
-    if [ ! -x "$venv/bin/cargo-lambda" ]; then
-        section "installing cargo-lambda into $venv"
-        mkdir -p "$target"
-        python3 -m venv "$venv"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check cargo-lambda
-    fi
-    export PATH="$venv/bin:$PATH"
-fi
-cargo lambda --version
+# shellcheck source=tests/ensure-cargo-lambda.sh
+source tests/ensure-cargo-lambda.sh
 
 section "building the functions"
 cargo build --locked -p signalpost-fn-join -p signalpost-fn-post -p signalpost-fn-poll \

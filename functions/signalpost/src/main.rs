@@ -1,6 +1,8 @@
 //! `signalpost`: the standalone server (every route, the demo page and the client library, on
 //! the embedded SQLite store unless `SIGNALPOST_TABLE` is set), plus its admin commands.
 
+mod call_link;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,8 +154,19 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     });
 
-    // Tests and scripts wait for this line; it goes to stdout, unlike the logs.
-    println!("signalpost listening on http://{address} (demo page at http://{address}/)");
+    // Tests and scripts wait for the first line, and the browser tests open the second one's
+    // URL; both go to stdout, unlike the logs.
+    println!("signalpost listening on http://{address}");
+    let room = call_link::fresh_room(&mut rand::rng());
+    let elsewhere = if address.ip().is_unspecified() {
+        " (from another machine, put this machine's address in place of the loopback one)"
+    } else {
+        ""
+    };
+    println!(
+        "open {} in two browser tabs for a video call{elsewhere}",
+        call_link::call_url(address, &room)
+    );
     let shutdown = {
         let signalling = Arc::clone(&signalling);
         async move {

@@ -1,5 +1,6 @@
 // Starts one signalpost server (the binary named by SIGNALPOST_BIN) on a free loopback
-// port with a throwaway SQLite file, waits for its "listening on" line, and stops it.
+// port with a throwaway SQLite file, waits for its "listening on" and "open <call link>"
+// lines, and stops it.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -22,7 +23,7 @@ function freePort() {
 }
 
 /**
- * Start a server; resolves with `{ url, stop() }`. `env` adds or overrides variables
+ * Start a server; resolves with `{ url, callUrl, stop() }`. `env` adds or overrides variables
  * (e.g. SIGNALPOST_PRESENCE_TIMEOUT). Web files come from this checkout's web/ folder.
  */
 export async function startServer(env = {}) {
@@ -45,8 +46,8 @@ export async function startServer(env = {}) {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let log = "";
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`server did not say "listening on" within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
+  const { url, callUrl } = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`server did not print its "listening on" and "open" lines within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
     function fail(err) {
       clearTimeout(timer);
       child.kill("SIGKILL");
@@ -54,8 +55,9 @@ export async function startServer(env = {}) {
     }
     const onData = (chunk) => {
       log += chunk;
-      const match = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
-      if (match) { clearTimeout(timer); resolve(match[1]); }
+      const listening = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
+      const call = /^open (\S+) in two browser tabs/m.exec(log);
+      if (listening && call) { clearTimeout(timer); resolve({ url: listening[1], callUrl: call[1] }); }
     };
     child.stdout.on("data", onData);
     child.stderr.on("data", (chunk) => { log += chunk; });
@@ -70,6 +72,8 @@ export async function startServer(env = {}) {
 
   return {
     url,
+    /** The demo-call link the server printed for a newcomer to open (a fresh room). */
+    callUrl,
     log: () => log,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {

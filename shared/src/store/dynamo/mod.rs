@@ -251,7 +251,7 @@ impl DynamoStore {
     /// Connects to `table` with the standard AWS configuration from the environment (region,
     /// credentials, `AWS_ENDPOINT_URL_DYNAMODB`), short timeouts and three attempts per request.
     pub async fn connect(table: String) -> Result<Self, StoreError> {
-        let config = aws_config::defaults(BehaviorVersion::latest())
+        let config = crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
             .timeout_config(Self::timeouts())
             .retry_config(RetryConfig::standard().with_max_attempts(REQUEST_ATTEMPTS))
             .load()

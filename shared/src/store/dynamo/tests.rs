@@ -28,7 +28,7 @@ async fn client() -> Client {
              `tests/with-moto.sh cargo test -p signalpost-shared`"
         )
     });
-    let config = aws_config::defaults(BehaviorVersion::latest())
+    let config = crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(
