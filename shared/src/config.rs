@@ -92,6 +92,27 @@ pub enum ConfigError {
     },
     #[error("{0} is required")]
     Missing(&'static str),
+    /// Never carries the value: a secret must not reach a log, even a weak one.
+    #[error(
+        "{name} is {length} bytes: it must be at least {MIN_SECRET_BYTES} random bytes, or one \
+         token is enough to guess it offline; make one with `openssl rand -base64 32`"
+    )]
+    WeakSecret { name: &'static str, length: usize },
+}
+
+/// The shortest signing or TURN secret accepted: 256 bits, so that a peer token (a signature
+/// an attacker can test guesses against offline) does not give the secret away.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses a secret shorter than [`MIN_SECRET_BYTES`].
+fn strong_secret(name: &'static str, secret: String) -> Result<String, ConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::WeakSecret {
+            name,
+            length: secret.len(),
+        });
+    }
+    Ok(secret)
 }
 
 /// The default embedded database file, relative to the working directory.
@@ -134,7 +155,10 @@ impl Config {
         };
 
         let (secret, secret_generated) = match var("SIGNALPOST_SECRET") {
-            Some(secret) => (Secret(secret.into_bytes()), false),
+            Some(secret) => (
+                Secret(strong_secret("SIGNALPOST_SECRET", secret)?.into_bytes()),
+                false,
+            ),
             None if deployment == Deployment::Standalone => {
                 let mut random = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut random);
@@ -166,7 +190,7 @@ impl Config {
             (true, None) => None,
             (false, Some(secret)) => Some(TurnConfig {
                 urls: turn_urls,
-                secret,
+                secret: strong_secret("SIGNALPOST_TURN_SECRET", secret)?,
                 ttl: number(&var, "SIGNALPOST_TURN_TTL", 3600, 60..=7 * 86_400)?,
             }),
             (false, None) => {
@@ -275,6 +299,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A secret of exactly the minimum length.
+    const STRONG: &str = "0123456789abcdef0123456789abcdef";
+
     fn config(deployment: Deployment, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> = vars
             .iter()
@@ -307,17 +334,20 @@ mod tests {
             config(Deployment::Lambda, &[]),
             Err(ConfigError::Missing("SIGNALPOST_SECRET"))
         ));
-        assert!(config(Deployment::Lambda, &[("SIGNALPOST_SECRET", "s3cret")]).is_ok());
+        assert!(config(Deployment::Lambda, &[("SIGNALPOST_SECRET", STRONG)]).is_ok());
     }
 
     #[test]
     fn a_fetched_secret_stands_in_for_the_variable() {
         let fetched = Config::from_lookup(
             Deployment::Lambda,
-            with_secret(Some("from-secrets-manager".into()), |_| None),
+            with_secret(Some(format!("from-secrets-manager-{STRONG}")), |_| None),
         )
         .expect("the fetched secret satisfies Lambda");
-        assert_eq!(fetched.secret.expose(), b"from-secrets-manager");
+        assert_eq!(
+            fetched.secret.expose(),
+            format!("from-secrets-manager-{STRONG}").as_bytes()
+        );
         assert!(!fetched.secret_generated);
         assert!(!format!("{fetched:?}").contains("from-secrets-manager"));
         let unset = Config::from_lookup(Deployment::Lambda, with_secret(None, |_| None));
@@ -332,7 +362,7 @@ mod tests {
         let config = config(
             Deployment::Lambda,
             &[
-                ("SIGNALPOST_SECRET", "s"),
+                ("SIGNALPOST_SECRET", STRONG),
                 ("SIGNALPOST_STUN_URLS", ""),
                 ("SIGNALPOST_TURN_URLS", ""),
                 ("SIGNALPOST_TURN_SECRET", ""),
@@ -366,6 +396,32 @@ mod tests {
     }
 
     #[test]
+    fn refuses_short_secrets_without_printing_them() {
+        let short = &STRONG[1..];
+        for (deployment, vars) in [
+            (Deployment::Lambda, vec![("SIGNALPOST_SECRET", short)]),
+            (Deployment::Standalone, vec![("SIGNALPOST_SECRET", "secret")]),
+            (
+                Deployment::Standalone,
+                vec![
+                    ("SIGNALPOST_TURN_URLS", "turn:t"),
+                    ("SIGNALPOST_TURN_SECRET", short),
+                ],
+            ),
+        ] {
+            let error = config(deployment, &vars).expect_err("a short secret is refused");
+            let message = error.to_string();
+            assert!(
+                matches!(error, ConfigError::WeakSecret { .. })
+                    && message.contains("openssl rand")
+                    && !message.contains(short)
+                    && !message.contains("\"secret\""),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
     fn reads_lists_and_turn() {
         let config = config(
             Deployment::Standalone,
@@ -376,7 +432,7 @@ mod tests {
                 ),
                 ("SIGNALPOST_STUN_URLS", "stun:a,stun:b"),
                 ("SIGNALPOST_TURN_URLS", "turn:t"),
-                ("SIGNALPOST_TURN_SECRET", "x"),
+                ("SIGNALPOST_TURN_SECRET", STRONG),
                 ("SIGNALPOST_GATED", "true"),
             ],
         )

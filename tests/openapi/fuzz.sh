@@ -70,7 +70,7 @@ PY
 env -u SIGNALPOST_TABLE \
     SIGNALPOST_LISTEN=127.0.0.1:0 \
     SIGNALPOST_DB="$work/fuzz.db" \
-    SIGNALPOST_SECRET="fuzz-secret-$seed" \
+    SIGNALPOST_SECRET="fuzz-secret-of-at-least-32-bytes-$seed" \
     SIGNALPOST_MAX_WAIT="$max_wait" \
     SIGNALPOST_PRESENCE_TIMEOUT=60 \
     RUST_LOG="${RUST_LOG:-warn}" \

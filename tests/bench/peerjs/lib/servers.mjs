@@ -55,7 +55,7 @@ export async function startSignalpost(env = {}) {
   const server = await startChild("signalpost", bin, [], {
     SIGNALPOST_LISTEN: "127.0.0.1:0",
     SIGNALPOST_DB: path.join(dir, "signalpost.db"),
-    SIGNALPOST_SECRET: "bench",
+    SIGNALPOST_SECRET: "peerjs-bench-secret-of-at-least-32-bytes",
     ...env,
   }, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
   const stop = server.stop;
