@@ -74,6 +74,13 @@ pub struct Config {
     pub max_inbox: u64,
     /// Most posts one peer may make per 10 seconds.
     pub rate_limit: u64,
+    /// Most joins per minute from one client address (where the address is known).
+    pub join_limit: u32,
+    /// Take the client address from the last `X-Forwarded-For` entry (behind a proxy).
+    pub trust_proxy: bool,
+    /// Most open connections of the standalone server, in total and per client address.
+    pub max_connections: usize,
+    pub max_client_connections: usize,
     pub cors_origins: CorsOrigins,
     pub stun_urls: Vec<String>,
     pub turn: Option<TurnConfig>,
@@ -239,6 +246,23 @@ impl Config {
             // Trickle ICE with batching needs a few dozen posts per negotiation; a flooder
             // wants thousands.
             rate_limit: number(&var, "SIGNALPOST_RATE_LIMIT", 100, 1..=100_000)?,
+            join_limit: u32::try_from(number(&var, "SIGNALPOST_JOIN_LIMIT", 60, 1..=1_000_000)?)
+                .unwrap_or(60),
+            trust_proxy: boolean(&var, "SIGNALPOST_TRUST_PROXY")?,
+            max_connections: usize::try_from(number(
+                &var,
+                "SIGNALPOST_MAX_CONNECTIONS",
+                4096,
+                1..=1_000_000,
+            )?)
+            .unwrap_or(4096),
+            max_client_connections: usize::try_from(number(
+                &var,
+                "SIGNALPOST_MAX_CLIENT_CONNECTIONS",
+                128,
+                1..=1_000_000,
+            )?)
+            .unwrap_or(128),
             cors_origins,
             stun_urls: list("SIGNALPOST_STUN_URLS"),
             turn,

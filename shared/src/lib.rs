@@ -12,9 +12,11 @@ pub mod error;
 pub mod http;
 pub mod ice;
 pub mod ids;
+pub mod limits;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod message;
+pub mod poll_slots;
 pub mod signalling;
 pub mod store;
 pub mod token;
