@@ -259,10 +259,10 @@ impl Config {
             max_client_connections: usize::try_from(number(
                 &var,
                 "SIGNALPOST_MAX_CLIENT_CONNECTIONS",
-                128,
+                256,
                 1..=1_000_000,
             )?)
-            .unwrap_or(128),
+            .unwrap_or(256),
             cors_origins,
             stun_urls: list("SIGNALPOST_STUN_URLS"),
             turn,

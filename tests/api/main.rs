@@ -10,4 +10,5 @@ mod delivery;
 mod errors;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod membership;
