@@ -424,7 +424,10 @@ mod tests {
         let short = &STRONG[1..];
         for (deployment, vars) in [
             (Deployment::Lambda, vec![("SIGNALPOST_SECRET", short)]),
-            (Deployment::Standalone, vec![("SIGNALPOST_SECRET", "secret")]),
+            (
+                Deployment::Standalone,
+                vec![("SIGNALPOST_SECRET", "secret")],
+            ),
             (
                 Deployment::Standalone,
                 vec![

@@ -52,7 +52,10 @@ mod tests {
     fn activity_is_never_later_than_now() {
         let cursor = Cursor::parse("3.9000000000000000").expect("well-formed");
         assert_eq!(cursor.activity_until(1_000), 1_000);
-        let honest = Cursor { seq: 3, activity: 500 };
+        let honest = Cursor {
+            seq: 3,
+            activity: 500,
+        };
         assert_eq!(honest.activity_until(1_000), 500);
     }
 

@@ -12,9 +12,9 @@ pub mod error;
 pub mod http;
 pub mod ice;
 pub mod ids;
-pub mod limits;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod limits;
 pub mod message;
 pub mod poll_slots;
 pub mod signalling;

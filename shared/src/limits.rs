@@ -92,7 +92,11 @@ impl JoinLimits {
 
 /// Whole seconds, at least 1: a `Retry-After` value.
 fn whole_seconds(wait: Duration) -> u64 {
-    wait.as_millis().div_ceil(1000).max(1).try_into().unwrap_or(u64::MAX)
+    wait.as_millis()
+        .div_ceil(1000)
+        .max(1)
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -109,7 +113,10 @@ mod tests {
             limit.check(&"a").expect("within the limit");
         }
         match limit.check(&"a") {
-            Err(ApiError::RateLimited { retry_after, detail }) => {
+            Err(ApiError::RateLimited {
+                retry_after,
+                detail,
+            }) => {
                 assert!((1..=30).contains(&retry_after), "{retry_after}");
                 assert!(detail.contains("things"), "{detail}");
             }

@@ -92,10 +92,22 @@ mod tests {
             .await
             .expect("the older poll is told");
         let quiet = Duration::from_millis(50);
-        assert!(tokio::time::timeout(quiet, second.superseded()).await.is_err());
-        assert!(tokio::time::timeout(quiet, other.superseded()).await.is_err());
+        assert!(
+            tokio::time::timeout(quiet, second.superseded())
+                .await
+                .is_err()
+        );
+        assert!(
+            tokio::time::timeout(quiet, other.superseded())
+                .await
+                .is_err()
+        );
         drop(first);
-        assert_eq!(slots.holders.lock().expect("lock").len(), 2, "the newer keeps it");
+        assert_eq!(
+            slots.holders.lock().expect("lock").len(),
+            2,
+            "the newer keeps it"
+        );
         drop((second, other));
         assert!(slots.holders.lock().expect("lock").is_empty());
     }

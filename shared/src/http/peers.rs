@@ -176,7 +176,14 @@ mod tests {
 
     #[test]
     fn names_show_everything_they_hold() {
-        for visible in ["alice", "Zoë 李 🦀", "❤\u{FE0F}", "👩\u{200D}💻", "می\u{200C}خواهم", ""] {
+        for visible in [
+            "alice",
+            "Zoë 李 🦀",
+            "❤\u{FE0F}",
+            "👩\u{200D}💻",
+            "می\u{200C}خواهم",
+            "",
+        ] {
             assert!(is_visible_name(visible), "{visible:?} refused");
         }
         for hidden in [

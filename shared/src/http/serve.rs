@@ -83,7 +83,9 @@ pub async fn serve(
         };
         // Handlers see the client's address as axum's `ConnectInfo`, as with `axum::serve`.
         let service = router.clone().map_request(move |mut request: Request<_>| {
-            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(client));
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(client));
             request
         });
         let connection = builder.serve_connection(
@@ -260,6 +262,9 @@ mod tests {
         let _other = open.admit(b).expect("another address");
         assert!(open.admit(b).is_none(), "over the total");
         drop(first);
-        assert!(open.admit(a).is_some(), "a closed connection frees its place");
+        assert!(
+            open.admit(a).is_some(),
+            "a closed connection frees its place"
+        );
     }
 }
