@@ -74,6 +74,13 @@ pub struct Config {
     pub max_inbox: u64,
     /// Most posts one peer may make per 10 seconds.
     pub rate_limit: u64,
+    /// Most joins per minute from one client address (where the address is known).
+    pub join_limit: u32,
+    /// Take the client address from the last `X-Forwarded-For` entry (behind a proxy).
+    pub trust_proxy: bool,
+    /// Most open connections of the standalone server, in total and per client address.
+    pub max_connections: usize,
+    pub max_client_connections: usize,
     pub cors_origins: CorsOrigins,
     pub stun_urls: Vec<String>,
     pub turn: Option<TurnConfig>,
@@ -92,6 +99,27 @@ pub enum ConfigError {
     },
     #[error("{0} is required")]
     Missing(&'static str),
+    /// Never carries the value: a secret must not reach a log, even a weak one.
+    #[error(
+        "{name} is {length} bytes: it must be at least {MIN_SECRET_BYTES} random bytes, or one \
+         token is enough to guess it offline; make one with `openssl rand -base64 32`"
+    )]
+    WeakSecret { name: &'static str, length: usize },
+}
+
+/// The shortest signing or TURN secret accepted: 256 bits, so that a peer token (a signature
+/// an attacker can test guesses against offline) does not give the secret away.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses a secret shorter than [`MIN_SECRET_BYTES`].
+fn strong_secret(name: &'static str, secret: String) -> Result<String, ConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::WeakSecret {
+            name,
+            length: secret.len(),
+        });
+    }
+    Ok(secret)
 }
 
 /// The default embedded database file, relative to the working directory.
@@ -135,7 +163,10 @@ impl Config {
         };
 
         let (secret, secret_generated) = match var("SIGNALPOST_SECRET") {
-            Some(secret) => (Secret(secret.into_bytes()), false),
+            Some(secret) => (
+                Secret(strong_secret("SIGNALPOST_SECRET", secret)?.into_bytes()),
+                false,
+            ),
             None if deployment == Deployment::Standalone => {
                 let mut random = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut random);
@@ -167,7 +198,7 @@ impl Config {
             (true, None) => None,
             (false, Some(secret)) => Some(TurnConfig {
                 urls: turn_urls,
-                secret,
+                secret: strong_secret("SIGNALPOST_TURN_SECRET", secret)?,
                 ttl: number(&var, "SIGNALPOST_TURN_TTL", 3600, 60..=7 * 86_400)?,
             }),
             (false, None) => {
@@ -216,6 +247,23 @@ impl Config {
             // Trickle ICE with batching needs a few dozen posts per negotiation; a flooder
             // wants thousands.
             rate_limit: number(&var, "SIGNALPOST_RATE_LIMIT", 100, 1..=100_000)?,
+            join_limit: u32::try_from(number(&var, "SIGNALPOST_JOIN_LIMIT", 60, 1..=1_000_000)?)
+                .unwrap_or(60),
+            trust_proxy: boolean(&var, "SIGNALPOST_TRUST_PROXY")?,
+            max_connections: usize::try_from(number(
+                &var,
+                "SIGNALPOST_MAX_CONNECTIONS",
+                4096,
+                1..=1_000_000,
+            )?)
+            .unwrap_or(4096),
+            max_client_connections: usize::try_from(number(
+                &var,
+                "SIGNALPOST_MAX_CLIENT_CONNECTIONS",
+                256,
+                1..=1_000_000,
+            )?)
+            .unwrap_or(256),
             cors_origins,
             stun_urls: list("SIGNALPOST_STUN_URLS"),
             turn,
@@ -279,6 +327,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A secret of exactly the minimum length.
+    const STRONG: &str = "0123456789abcdef0123456789abcdef";
+
     fn config(deployment: Deployment, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> = vars
             .iter()
@@ -311,7 +362,7 @@ mod tests {
             config(Deployment::Lambda, &[]),
             Err(ConfigError::Missing("SIGNALPOST_SECRET"))
         ));
-        assert!(config(Deployment::Lambda, &[("SIGNALPOST_SECRET", "s3cret")]).is_ok());
+        assert!(config(Deployment::Lambda, &[("SIGNALPOST_SECRET", STRONG)]).is_ok());
     }
 
     #[test]
@@ -320,18 +371,24 @@ mod tests {
             Deployment::Lambda,
             with_fetched(
                 vec![
-                    ("SIGNALPOST_SECRET", "from-secrets-manager".into()),
-                    ("SIGNALPOST_TURN_SECRET", "turn-from-secrets-manager".into()),
+                    ("SIGNALPOST_SECRET", format!("from-secrets-manager-{STRONG}")),
+                    (
+                        "SIGNALPOST_TURN_SECRET",
+                        format!("turn-from-secrets-manager-{STRONG}"),
+                    ),
                 ],
                 |name| (name == "SIGNALPOST_TURN_URLS").then(|| "turn:t".into()),
             ),
         )
         .expect("the fetched secrets satisfy Lambda and TURN");
-        assert_eq!(fetched.secret.expose(), b"from-secrets-manager");
+        assert_eq!(
+            fetched.secret.expose(),
+            format!("from-secrets-manager-{STRONG}").as_bytes()
+        );
         assert!(!fetched.secret_generated);
         assert_eq!(
             fetched.turn.as_ref().map(|turn| turn.secret.as_str()),
-            Some("turn-from-secrets-manager")
+            Some(format!("turn-from-secrets-manager-{STRONG}").as_str())
         );
         assert!(!format!("{fetched:?}").contains("from-secrets-manager"));
         let unset = Config::from_lookup(Deployment::Lambda, with_fetched(Vec::new(), |_| None));
@@ -346,7 +403,7 @@ mod tests {
         let config = config(
             Deployment::Lambda,
             &[
-                ("SIGNALPOST_SECRET", "s"),
+                ("SIGNALPOST_SECRET", STRONG),
                 ("SIGNALPOST_STUN_URLS", ""),
                 ("SIGNALPOST_TURN_URLS", ""),
                 ("SIGNALPOST_TURN_SECRET", ""),
@@ -380,6 +437,35 @@ mod tests {
     }
 
     #[test]
+    fn refuses_short_secrets_without_printing_them() {
+        let short = &STRONG[1..];
+        for (deployment, vars) in [
+            (Deployment::Lambda, vec![("SIGNALPOST_SECRET", short)]),
+            (
+                Deployment::Standalone,
+                vec![("SIGNALPOST_SECRET", "secret")],
+            ),
+            (
+                Deployment::Standalone,
+                vec![
+                    ("SIGNALPOST_TURN_URLS", "turn:t"),
+                    ("SIGNALPOST_TURN_SECRET", short),
+                ],
+            ),
+        ] {
+            let error = config(deployment, &vars).expect_err("a short secret is refused");
+            let message = error.to_string();
+            assert!(
+                matches!(error, ConfigError::WeakSecret { .. })
+                    && message.contains("openssl rand")
+                    && !message.contains(short)
+                    && !message.contains("\"secret\""),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
     fn reads_lists_and_turn() {
         let config = config(
             Deployment::Standalone,
@@ -390,7 +476,7 @@ mod tests {
                 ),
                 ("SIGNALPOST_STUN_URLS", "stun:a,stun:b"),
                 ("SIGNALPOST_TURN_URLS", "turn:t"),
-                ("SIGNALPOST_TURN_SECRET", "x"),
+                ("SIGNALPOST_TURN_SECRET", STRONG),
                 ("SIGNALPOST_GATED", "true"),
             ],
         )

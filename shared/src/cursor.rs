@@ -31,6 +31,13 @@ impl Cursor {
         })
     }
 
+    /// The cursor's activity as far as the server can believe it: never later than `now`. The
+    /// client writes the cursor, and the activity sets how eagerly its poll reads the store: a
+    /// forged future one (`1.9000000000000000`) would otherwise make the whole wait a busy one.
+    pub fn activity_until(self, now: Millis) -> Millis {
+        self.activity.min(now)
+    }
+
     /// The text form.
     pub fn encode(self) -> String {
         format!("{}.{}", self.seq, self.activity)
@@ -40,6 +47,17 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activity_is_never_later_than_now() {
+        let cursor = Cursor::parse("3.9000000000000000").expect("well-formed");
+        assert_eq!(cursor.activity_until(1_000), 1_000);
+        let honest = Cursor {
+            seq: 3,
+            activity: 500,
+        };
+        assert_eq!(honest.activity_until(1_000), 500);
+    }
 
     #[test]
     fn round_trips_and_refuses_garbage() {

@@ -15,7 +15,9 @@ pub mod ice;
 pub mod ids;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod limits;
 pub mod message;
+pub mod poll_slots;
 pub mod signalling;
 pub mod store;
 pub mod token;

@@ -4,6 +4,8 @@
 //! methods talk to the [`Store`] and wake waiting polls. Nothing here knows which store or
 //! which deployment it runs in.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +18,22 @@ use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::ice::{IceServer, ice_servers};
 use crate::ids::{MessageId, PeerId, RoomId};
+use crate::limits::JoinLimits;
 use crate::message::{Outgoing, StoredMessage};
+use crate::poll_slots::PollSlots;
 use crate::store::{Departures, JoinRequest, PostRequest, RateLimit, Store, Timing};
 use crate::token::{PeerGrant, TokenError, TokenKeys};
 use crate::wakeup::{PollSchedule, SweepSchedule, Wakeups};
 
 /// Most messages one poll returns.
 pub const MAX_MESSAGES_PER_POLL: usize = 100;
+/// Most bytes of message data (plus a fixed allowance per message for its other fields) one
+/// poll returns, unless its first message alone is larger: the rest comes with the next poll.
+/// 100 messages of 32 KiB would otherwise make one response over 3 MB, which a client that
+/// never reads leaves in the server's memory.
+pub const MAX_POLL_BYTES: usize = 256 * 1024;
+/// What a message costs in a poll response besides its data: ids, type, time, JSON syntax.
+const MESSAGE_OVERHEAD_BYTES: usize = 256;
 /// How often the polls of one room (in one process) check it for peers that stopped polling.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The default long-poll wait when the client names none.
@@ -38,6 +49,8 @@ pub struct Signalling {
     wakeups: Wakeups,
     schedule: PollSchedule,
     sweeps: SweepSchedule,
+    polls: PollSlots,
+    joins: JoinLimits,
     shutdown: watch::Sender<bool>,
 }
 
@@ -78,6 +91,11 @@ pub struct Polled {
 impl Signalling {
     /// The service over `store`, configured by `config`.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        let joins = JoinLimits::new(
+            NonZeroU32::new(config.join_limit).unwrap_or(NonZeroU32::MIN),
+            config.max_peers,
+            RATE_WINDOW,
+        );
         Self {
             keys: TokenKeys::new(config.secret.expose()),
             config,
@@ -85,6 +103,8 @@ impl Signalling {
             wakeups: Wakeups::default(),
             schedule: PollSchedule::default(),
             sweeps: SweepSchedule::new(SWEEP_INTERVAL),
+            polls: PollSlots::default(),
+            joins,
             shutdown: watch::Sender::new(false),
         }
     }
@@ -113,13 +133,18 @@ impl Signalling {
         })
     }
 
-    /// Joins `room`: mints a peer, tells the members present, and hands out a token.
+    /// Joins `room`: mints a peer, tells the members present, and hands out a token. `client`
+    /// is the caller's address where the deployment knows it, for the per-client join limit.
     pub async fn join(
         &self,
         room: RoomId,
         name: Option<String>,
         join_token: Option<&str>,
+        client: Option<IpAddr>,
     ) -> Result<Joined, ApiError> {
+        if let Some(client) = client {
+            self.joins.per_client.check(&client)?;
+        }
         if self.config.gated {
             let token = join_token.ok_or_else(|| {
                 ApiError::Unauthorized(
@@ -136,6 +161,8 @@ impl Signalling {
                 ));
             }
         }
+        // After the gate: in a gated room, only token holders spend the room's join budget.
+        self.joins.per_room.check(&room)?;
         let peer = PeerId::mint();
         let timing = self.timing();
         let joined = self
@@ -228,6 +255,7 @@ impl Signalling {
         let started = Instant::now();
         let deadline = started + wait;
         let subscription = self.wakeups.subscribe(room, peer);
+        let slot = self.polls.take(room, peer);
         let mut shutdown = self.shutdown.subscribe();
         let after_seq = after.map_or(0, |cursor| cursor.seq);
         let head = self
@@ -241,7 +269,7 @@ impl Signalling {
             ));
         }
         // A first poll counts as activity: a negotiation usually follows a join.
-        let activity = after.map_or_else(now_millis, |cursor| cursor.activity);
+        let activity = after.map_or_else(now_millis, |cursor| cursor.activity_until(now_millis()));
         let mut first_wait = true;
         loop {
             let woken = subscription.notify().notified();
@@ -250,10 +278,11 @@ impl Signalling {
             if self.sweeps.due(room) {
                 self.sweep(room).await?;
             }
-            let messages = self
+            let mut messages = self
                 .store
                 .read(room, peer, after_seq, MAX_MESSAGES_PER_POLL, now_millis())
                 .await?;
+            keep_within_budget(&mut messages, MAX_POLL_BYTES);
             let now = Instant::now();
             if let Some(last) = messages.last() {
                 let cursor = Cursor {
@@ -285,6 +314,10 @@ impl Signalling {
                 () = &mut woken => {}
                 () = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => {}
+                () = slot.superseded() => {
+                    let cursor = Cursor { seq: after_seq, activity };
+                    return Ok(Polled { messages: Vec::new(), cursor });
+                }
             }
         }
     }
@@ -320,13 +353,18 @@ impl Signalling {
         )
     }
 
-    /// Fresh ICE servers (TURN credentials) for the grant's peer.
-    pub fn ice_servers(&self, grant: &PeerGrant) -> IceServers {
-        let (ice_servers, expires_at) = self.ice_servers_for(&grant.peer, now_millis());
-        IceServers {
+    /// Fresh ICE servers (TURN credentials) for the grant's peer, while it is a member: a peer
+    /// that left (or timed out) gets `410`, as on the other peer routes, so a token outliving
+    /// its membership cannot keep minting TURN credentials. The check is the poll's presence
+    /// touch (acknowledging nothing new): asking for credentials is a sign of life too.
+    pub async fn ice_servers(&self, grant: &PeerGrant) -> Result<IceServers, ApiError> {
+        let now = now_millis();
+        self.store.touch(&grant.room, &grant.peer, 0, now).await?;
+        let (ice_servers, expires_at) = self.ice_servers_for(&grant.peer, now);
+        Ok(IceServers {
             ice_servers,
             expires_at: rfc3339_seconds(expires_at),
-        }
+        })
     }
 
     /// Whether the store answers.
@@ -336,6 +374,7 @@ impl Signalling {
 
     /// Periodic clean-up for stores that need it (the embedded one).
     pub async fn housekeeping(&self) -> Result<(), ApiError> {
+        self.joins.forget_idle();
         for (room, departures) in self.store.housekeeping(self.timing()).await? {
             self.wake_departures(&room, &departures);
         }
@@ -347,6 +386,19 @@ impl Signalling {
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
     }
+}
+
+/// Drops the messages after the first that would take a poll response over `budget` bytes.
+fn keep_within_budget(messages: &mut Vec<StoredMessage>, budget: usize) {
+    let mut used = 0;
+    let keep = messages
+        .iter()
+        .position(|message| {
+            used += message.data.len() + MESSAGE_OVERHEAD_BYTES;
+            used > budget
+        })
+        .map_or(messages.len(), |over| over.max(1));
+    messages.truncate(keep);
 }
 
 fn seconds_to_millis(seconds: u64) -> Millis {

@@ -37,6 +37,59 @@ fn token_needs_the_real_secret() {
     assert!(!output.status.success());
 }
 
+/// A guessable secret gives away every token: the server and `token` refuse one under 32
+/// bytes, say how to make a good one, and never echo the weak one.
+#[test]
+fn short_secrets_are_refused_at_start() {
+    let weak = "hunter2";
+    let runs = [
+        ("SIGNALPOST_SECRET", weak, vec!["token", "--room", "r"]),
+        ("SIGNALPOST_SECRET", weak, vec![]),
+        ("SIGNALPOST_TURN_SECRET", weak, vec![]),
+    ];
+    for (name, value, args) in runs {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signalpost"));
+        command
+            .args(&args)
+            .env("SIGNALPOST_SECRET", SECRET)
+            .env("SIGNALPOST_LISTEN", "127.0.0.1:0")
+            .env("SIGNALPOST_DB", ":memory:")
+            .env("SIGNALPOST_TURN_URLS", "turn:turn.example.org")
+            .env("SIGNALPOST_TURN_SECRET", SECRET)
+            .env(name, value)
+            .stdin(std::process::Stdio::null());
+        // A server that accepted the secret would run until killed: bound the wait.
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("signalpost runs");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                child.kill().expect("kill");
+                child.wait().expect("wait");
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
+            .expect("stderr");
+        assert!(
+            status.is_some_and(|status| !status.success()),
+            "{name}={value} {args:?} was accepted"
+        );
+        assert!(
+            stderr.contains(name) && stderr.contains("openssl rand") && !stderr.contains(value),
+            "{stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn gated_rooms_admit_only_holders_of_a_join_token_for_that_room() {
     let server = Server::start_with(&[("SIGNALPOST_GATED", "true")]);

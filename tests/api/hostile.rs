@@ -333,6 +333,14 @@ async fn unicode_and_control_characters_are_refused_in_ids_and_kept_in_data() {
         "c1\u{85}",
         "tab\t",
         "esc\u{1b}[31m",
+        // Invisible and direction-control characters: a name must show all it holds.
+        "alice\u{200b}",
+        "\u{202e}ecila",
+        "\u{00ad}\u{00ad}\u{00ad}\u{00ad}\u{00ad}\u{00ad}\u{00ad}\u{00ad}",
+        "evil\u{feff}",
+        "\u{3164}",
+        "line\u{2028}break",
+        "tag\u{e0041}",
     ] {
         let response = client
             .post(&url)
@@ -342,8 +350,8 @@ async fn unicode_and_control_characters_are_refused_in_ids_and_kept_in_data() {
             .expect("request");
         assert_problem(response, 400, "invalid-request").await;
     }
-    // Format characters are not control characters: shown as given, byte for byte.
-    let tricky = "\u{202e}evil\u{200d}\u{feff}🦀";
+    // Visible unicode is shown as given, byte for byte, joiners in emoji sequences included.
+    let tricky = "Zoë 李 👩\u{200d}💻 🦀";
     let mut alice = join(&server, &room, "alice").await;
     let bob = join(&server, &room, tricky).await;
     let announced = alice.collect("peer-joined", 1).await;

@@ -10,5 +10,6 @@ mod delivery;
 mod errors;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod membership;
 mod stalled_store;

@@ -257,7 +257,10 @@ async fn ice_servers_hand_out_turn_credentials_in_the_coturn_convention() {
             "SIGNALPOST_TURN_URLS",
             "turn:turn.example.org:3478,turns:turn.example.org:5349",
         ),
-        ("SIGNALPOST_TURN_SECRET", "north"),
+        (
+            "SIGNALPOST_TURN_SECRET",
+            "north-turn-secret-of-at-least-32-bytes",
+        ),
         ("SIGNALPOST_TURN_TTL", "600"),
     ]);
     let alice = join(&server, &room(), "alice").await;
@@ -283,7 +286,7 @@ async fn ice_servers_hand_out_turn_credentials_in_the_coturn_convention() {
     );
     assert_eq!(
         turn["credential"].as_str().expect("credential"),
-        signalpost_shared::ice::turn_credential("north", username)
+        signalpost_shared::ice::turn_credential("north-turn-secret-of-at-least-32-bytes", username)
     );
     assert!(body["expiresAt"].is_string());
     assert_eq!(

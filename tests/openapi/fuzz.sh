@@ -70,8 +70,9 @@ PY
 env -u SIGNALPOST_TABLE \
     SIGNALPOST_LISTEN=127.0.0.1:0 \
     SIGNALPOST_DB="$work/fuzz.db" \
-    SIGNALPOST_SECRET="fuzz-secret-$seed" \
+    SIGNALPOST_SECRET="fuzz-secret-of-at-least-32-bytes-$seed" \
     SIGNALPOST_MAX_WAIT="$max_wait" \
+    SIGNALPOST_JOIN_LIMIT=1000000 \
     SIGNALPOST_PRESENCE_TIMEOUT=60 \
     RUST_LOG="${RUST_LOG:-warn}" \
     "$bin" >"$work/stdout" 2>"$work/stderr" &

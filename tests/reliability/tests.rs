@@ -15,6 +15,13 @@ use crate::faults::{FaultPlan, FaultyStore};
 use crate::scenario::run_rooms;
 use crate::support::{SECRET, Server, Stop};
 
+/// The load here comes from one address, hundreds of peers at once: lift the per-client
+/// limits on joins and connections, which are tested in `tests/api/limits.rs`.
+const ONE_ADDRESS_LOAD: [(&str, &str); 2] = [
+    ("SIGNALPOST_JOIN_LIMIT", "1000000"),
+    ("SIGNALPOST_MAX_CLIENT_CONNECTIONS", "100000"),
+];
+
 /// Serves the whole API in this process over `store`, on a free loopback port.
 async fn serve_in_process(store: Arc<dyn Store>) -> String {
     // The scenario's caller polls only once it has sent everything; on a slow local DynamoDB
@@ -38,7 +45,7 @@ async fn serve_in_process(store: Arc<dyn Store>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_negotiations_lose_nothing() {
-    let server = Server::start();
+    let server = Server::start_with(&ONE_ADDRESS_LOAD);
     let outcome = run_rooms(&server.base, 200, 0).await;
     // 200 rooms, each way: offer/answer, 20-40 candidates, 3 app messages, bye.
     assert!(outcome.delivered > 200 * 2 * 25, "{outcome:?}");
@@ -68,14 +75,14 @@ async fn store_failures_cost_retries_not_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_poll_responses_are_replayed_from_the_old_cursor() {
-    let server = Server::start();
+    let server = Server::start_with(&ONE_ADDRESS_LOAD);
     // Every third poll response is thrown away unread.
     run_rooms(&server.base, 60, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_run_loses_nothing_it_accepted() {
-    let mut server = Server::start();
+    let mut server = Server::start_with(&ONE_ADDRESS_LOAD);
     let base = server.base.clone();
     let load = tokio::spawn(async move { run_rooms(&base, 60, 0).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -179,7 +186,11 @@ fn database_bytes(directory: &std::path::Path) -> u64 {
 async fn a_soak_keeps_memory_files_and_the_database_flat() {
     // Steady traffic for a minute: wave after wave of rooms negotiate and leave, with a short
     // message TTL, so expiry and clean-up must keep up for the figures to stay flat.
-    let server = Server::start_with(&[("SIGNALPOST_MESSAGE_TTL", "10")]);
+    let server = Server::start_with(&[
+        ("SIGNALPOST_MESSAGE_TTL", "10"),
+        ONE_ADDRESS_LOAD[0],
+        ONE_ADDRESS_LOAD[1],
+    ]);
     let started = std::time::Instant::now();
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(60) {

@@ -136,7 +136,7 @@ def run_once(binary, function):
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function}",
             "AWS_LAMBDA_LOG_STREAM_NAME": "cold-start",
-            "SIGNALPOST_SECRET": "cold-start-secret",
+            "SIGNALPOST_SECRET": "cold-start-secret-of-at-least-32-bytes",
             "SIGNALPOST_DB": os.path.join(directory, "signalpost.db"),
             "RUST_LOG": "warn",
         })

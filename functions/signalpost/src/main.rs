@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use signalpost_shared::clock::now_millis;
 use signalpost_shared::config::{Config, Deployment};
 use signalpost_shared::error::error_chain;
+use signalpost_shared::http::serve::ConnectionLimits;
 use signalpost_shared::http::standalone_router;
 use signalpost_shared::ids::RoomId;
 use signalpost_shared::signalling::Signalling;
@@ -137,6 +138,11 @@ async fn serve(config: Config) -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let limits = ConnectionLimits {
+        total: config.max_connections,
+        // Behind a proxy every connection comes from it: only the total applies.
+        per_client: (!config.trust_proxy).then_some(config.max_client_connections),
+    };
     let signalling = Arc::new(Signalling::new(config, store));
     let router = standalone_router(Arc::clone(&signalling));
 
@@ -175,7 +181,7 @@ async fn serve(config: Config) -> Result<(), String> {
             signalling.begin_shutdown();
         }
     };
-    signalpost_shared::http::serve::serve(listener, router, shutdown).await;
+    signalpost_shared::http::serve::serve(listener, router, limits, shutdown).await;
     housekeeping.abort();
     Ok(())
 }

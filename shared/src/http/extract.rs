@@ -2,10 +2,11 @@
 //! problem documents instead of axum's plain-text rejections.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
@@ -13,6 +14,39 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::ids::{PeerId, RoomId};
 use crate::token::PeerGrant;
+
+/// The caller's address, where this deployment knows it: the connection's peer in the
+/// standalone server or, with `SIGNALPOST_TRUST_PROXY`, the last `X-Forwarded-For` entry (the
+/// address the trusted proxy itself saw; earlier entries are the client's to invent). `None`
+/// in Lambda, where API Gateway's throttling limits clients.
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.signalling.config().trust_proxy {
+            let forwarded = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .last()
+                .and_then(|last| last.trim().parse().ok());
+            return Ok(Self(forwarded));
+        }
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(address)| address.ip()),
+        ))
+    }
+}
 
 /// The peer a valid `Authorization: Bearer` token speaks for.
 pub struct Bearer(pub PeerGrant);

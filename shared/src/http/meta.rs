@@ -10,9 +10,12 @@ use super::extract::Bearer;
 use crate::error::ApiError;
 use crate::signalling::IceServers;
 
-/// `GET /v1/ice-servers`: fresh TURN credentials for the token's peer.
-pub async fn ice_servers(State(state): State<AppState>, Bearer(grant): Bearer) -> Json<IceServers> {
-    Json(state.signalling.ice_servers(&grant))
+/// `GET /v1/ice-servers`: fresh TURN credentials for the token's peer, while it is a member.
+pub async fn ice_servers(
+    State(state): State<AppState>,
+    Bearer(grant): Bearer,
+) -> Result<Json<IceServers>, ApiError> {
+    Ok(Json(state.signalling.ice_servers(&grant).await?))
 }
 
 /// `GET /v1/health`: 200 when the store answers.

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::AppState;
-use super::extract::{Bearer, PathParams, body, has_media_type, in_room, require_json};
+use super::extract::{
+    Bearer, ClientAddress, PathParams, body, has_media_type, in_room, require_json,
+};
 use crate::error::ApiError;
 use crate::signalling::Joined;
 use crate::token::PeerGrant;
@@ -30,6 +32,7 @@ struct JoinBody {
 pub async fn join(
     State(state): State<AppState>,
     params: PathParams,
+    ClientAddress(client): ClientAddress,
     headers: HeaderMap,
     request: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Joined>), ApiError> {
@@ -50,17 +53,66 @@ pub async fn join(
         })?
     };
     if let Some(name) = &request.name
-        && (name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control))
+        && (name.chars().count() > MAX_NAME_CHARS || !is_visible_name(name))
     {
         return Err(ApiError::InvalidRequest(format!(
-            "name must be at most {MAX_NAME_CHARS} characters, without control characters"
+            "name must be at most {MAX_NAME_CHARS} characters, without control, format or \
+             other invisible characters"
         )));
     }
     let joined = state
         .signalling
-        .join(room, request.name, request.join_token.as_deref())
+        .join(room, request.name, request.join_token.as_deref(), client)
         .await?;
     Ok((StatusCode::CREATED, Json(joined)))
+}
+
+/// Whether a display name shows everything it holds: no control or format characters (Unicode
+/// categories Cc and Cf: zero-width spaces, bidirectional overrides, soft hyphens…), no line or
+/// paragraph separators, and none of the fillers that draw as nothing, so a name can neither
+/// hide text nor pass for another by looking the same. The one exception is a zero-width
+/// joiner or non-joiner between two visible characters, which emoji sequences and scripts
+/// such as Persian and Devanagari need. `shared/openapi.yaml` states the same rule as a
+/// pattern (a test below keeps the two in step).
+fn is_visible_name(name: &str) -> bool {
+    let characters: Vec<char> = name.chars().collect();
+    characters.iter().enumerate().all(|(at, &character)| {
+        if is_joiner(character) {
+            let visible = |near: Option<&char>| near.is_some_and(|&near| is_visible(near));
+            at > 0 && visible(characters.get(at - 1)) && visible(characters.get(at + 1))
+        } else {
+            is_visible(character)
+        }
+    })
+}
+
+/// Zero-width non-joiner and joiner.
+fn is_joiner(character: char) -> bool {
+    matches!(character, '\u{200C}' | '\u{200D}')
+}
+
+/// Whether `character` draws something on its own (see [`is_visible_name`]).
+fn is_visible(character: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    /// Letters, marks and symbols that render as blank space or nothing at all.
+    const BLANK: [char; 8] = [
+        '\u{034F}', // combining grapheme joiner
+        '\u{115F}', // Hangul choseong filler
+        '\u{1160}', // Hangul jungseong filler
+        '\u{17B4}', // Khmer vowel inherent aq
+        '\u{17B5}', // Khmer vowel inherent aa
+        '\u{2800}', // braille pattern blank
+        '\u{3164}', // Hangul filler
+        '\u{FFA0}', // halfwidth Hangul filler
+    ];
+    !matches!(
+        character.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) && !BLANK.contains(&character)
+        && character != '\u{180E}' // Mongolian vowel separator: Cf in some Unicode versions
 }
 
 /// `DELETE /v1/rooms/{room}/peers/{peer}`
@@ -116,4 +168,96 @@ async fn leave_as(
     }
     state.signalling.leave(&grant).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_show_everything_they_hold() {
+        for visible in [
+            "alice",
+            "Zoë 李 🦀",
+            "❤\u{FE0F}",
+            "👩\u{200D}💻",
+            "می\u{200C}خواهم",
+            "",
+        ] {
+            assert!(is_visible_name(visible), "{visible:?} refused");
+        }
+        for hidden in [
+            "alice\u{200B}",
+            "\u{202E}ecila",
+            "\u{00AD}",
+            "a\u{2028}b",
+            "\u{200D}a",
+            "a\u{200D}",
+            "a\u{200D}\u{200D}b",
+            "a\u{200C}\u{200B}b",
+            "\u{3164}",
+            "bob\u{E0041}",
+        ] {
+            assert!(!is_visible_name(hidden), "{hidden:?} accepted");
+        }
+    }
+
+    /// The OpenAPI pattern for `name` says the same as [`is_visible_name`] for every character
+    /// of the Basic Multilingual Plane, alone and between two letters (the pattern cannot name
+    /// characters beyond it portably; there the server is stricter than the document).
+    #[test]
+    fn the_openapi_pattern_matches_the_rule() {
+        let document = include_str!("../../openapi.yaml");
+        let pattern = document
+            .lines()
+            .map(str::trim)
+            .find_map(|line| line.strip_prefix("pattern: '^(?:[^"))
+            .expect("the name pattern");
+        let class = pattern.split(']').next().expect("a character class");
+        let escapes: Vec<char> = class
+            .split("\\u")
+            .skip(1)
+            .map(|part| {
+                let code = u32::from_str_radix(&part[..4], 16).expect("hex");
+                char::from_u32(code).expect("a character")
+            })
+            .collect();
+        let ranges: Vec<(char, char)> = {
+            let mut ranges = Vec::new();
+            let mut index = 0;
+            let dashes: Vec<bool> = class
+                .split("\\u")
+                .skip(1)
+                .map(|part| part[4..].starts_with('-'))
+                .collect();
+            while index < escapes.len() {
+                if dashes[index] {
+                    ranges.push((escapes[index], escapes[index + 1]));
+                    index += 2;
+                } else {
+                    ranges.push((escapes[index], escapes[index]));
+                    index += 1;
+                }
+            }
+            ranges
+        };
+        let refused = |character: char| {
+            ranges
+                .iter()
+                .any(|&(low, high)| (low..=high).contains(&character))
+        };
+        for character in (0..=0xFFFF).filter_map(char::from_u32) {
+            let by_pattern = !refused(character);
+            if is_joiner(character) {
+                assert!(refused(character), "the pattern must place joiners itself");
+                continue;
+            }
+            assert_eq!(
+                by_pattern,
+                is_visible(character),
+                "U+{:04X}: pattern and rule disagree",
+                u32::from(character)
+            );
+        }
+    }
 }

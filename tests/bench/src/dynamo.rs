@@ -23,7 +23,7 @@ use crate::latency::{self, Peer, join};
 async fn instance(store: Arc<dyn Store>) -> String {
     // One sender posts back to back here: lift the flood limit, as for the standalone bench.
     let vars = HashMap::from([
-        ("SIGNALPOST_SECRET", "benchmark-secret"),
+        ("SIGNALPOST_SECRET", "benchmark-secret-of-at-least-32-bytes"),
         ("SIGNALPOST_RATE_LIMIT", "100000"),
     ]);
     let config = Config::from_lookup(Deployment::Lambda, |name| {

@@ -72,9 +72,16 @@ async fn main() {
     }
     let server = match &cli.url {
         Some(url) => server::Target::external(url),
-        // The benchmark posts far faster than the flood limit lets one peer; it measures
-        // delivery, not the limiter.
-        None => server::Target::start(&cli.server_bin, &[("SIGNALPOST_RATE_LIMIT", "100000")]),
+        // The benchmark posts far faster than the flood limit lets one peer, and joins and
+        // connects hundreds of peers from one address; it measures delivery, not the limits.
+        None => server::Target::start(
+            &cli.server_bin,
+            &[
+                ("SIGNALPOST_RATE_LIMIT", "100000"),
+                ("SIGNALPOST_JOIN_LIMIT", "1000000"),
+                ("SIGNALPOST_MAX_CLIENT_CONNECTIONS", "100000"),
+            ],
+        ),
     };
     match cli.command {
         Command::Latency { waiting, messages } => {

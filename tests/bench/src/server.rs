@@ -27,7 +27,7 @@ impl Target {
         let mut child = Command::new(binary)
             .env("SIGNALPOST_LISTEN", "127.0.0.1:0")
             .env("SIGNALPOST_DB", directory.path().join("bench.db"))
-            .env("SIGNALPOST_SECRET", "benchmark-secret")
+            .env("SIGNALPOST_SECRET", "benchmark-secret-of-at-least-32-bytes")
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -39,7 +39,7 @@ export async function startServer(env = {}) {
       ...process.env,
       SIGNALPOST_LISTEN: `127.0.0.1:${port}`,
       SIGNALPOST_DB: path.join(dir, "signalpost.db"),
-      SIGNALPOST_SECRET: "test",
+      SIGNALPOST_SECRET: "e2e-test-secret-of-at-least-32-bytes",
       SIGNALPOST_WEB_DIR: WEB_DIR,
       ...env,
     },

@@ -55,7 +55,10 @@ export async function startSignalpost(env = {}) {
   const server = await startChild("signalpost", bin, [], {
     SIGNALPOST_LISTEN: "127.0.0.1:0",
     SIGNALPOST_DB: path.join(dir, "signalpost.db"),
-    SIGNALPOST_SECRET: "bench",
+    SIGNALPOST_SECRET: "peerjs-bench-secret-of-at-least-32-bytes",
+    // Every page connects from 127.0.0.1: per-client limits would measure themselves.
+    SIGNALPOST_JOIN_LIMIT: "1000000",
+    SIGNALPOST_MAX_CLIENT_CONNECTIONS: "100000",
     ...env,
   }, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
   const stop = server.stop;
