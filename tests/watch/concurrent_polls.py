@@ -150,12 +150,14 @@ def poll_event(room, token, cursor, wait, request_id):
 
 
 def wait_for(predicate, seconds, what):
+    """Waits, bounded, until predicate(); `what` (a string, or a function giving one at the
+    time of failure) says what went wrong otherwise."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.05)
-    raise SystemExit(f"FAIL: {what} (waited {seconds} s)")
+    raise SystemExit(f"FAIL: {what() if callable(what) else what} (waited {seconds} s)")
 
 
 def main():
@@ -222,7 +224,7 @@ def main():
                                 poll_event(peer["room"], peer["token"], peer["cursor"],
                                            peer["wait"], peer["id"])))
         wait_for(lambda: len(runtime.handed) == polls, 30,
-                 f"the poll process took only {len(runtime.handed)} of {polls} events at once")
+                 lambda: f"the poll process took only {len(runtime.handed)} of {polls} events at once")
         all_handed = time.perf_counter()
         first_handed = min(runtime.handed.values())
         # Every poll is held: none can have ended before the shortest wait.
