@@ -227,3 +227,38 @@ fn init_tracing() {
         builder.compact().try_init()
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::buffered;
+
+    /// The buffered router answers as the router does: status, headers and body bytes.
+    #[tokio::test]
+    async fn buffered_responses_keep_status_headers_and_body() {
+        let router = axum::Router::new().route(
+            "/v1/thing",
+            get(|| async {
+                (
+                    StatusCode::CREATED,
+                    [(header::CONTENT_TYPE, "application/problem+json")],
+                    "{\"title\":\"made\"}",
+                )
+            }),
+        );
+        let request = lambda_http::Request::new(lambda_http::Body::Empty);
+        let (mut parts, body) = request.into_parts();
+        parts.uri = "/v1/thing".parse().expect("uri");
+        let request = lambda_http::Request::from_parts(parts, body);
+        let Ok(response) = buffered(router).oneshot(request).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(response.body().as_ref(), b"{\"title\":\"made\"}");
+    }
+}

@@ -13,24 +13,37 @@ use std::time::Duration;
 use crate::dynamo::{self, ANSWER_BYTES, Idle, OFFER_BYTES, Tally};
 use crate::prices::{self, Price};
 
-/// What the deployment looks like; every field is a setting the user can change.
+/// What the deployment looks like, and how long to measure; every field is a command-line
+/// option, and a setting the user can change.
+#[derive(clap::Args)]
 pub struct Settings {
-    /// Memory of the poll function on classic Lambda (the template's `MemorySize`).
+    /// Memory of the poll function on classic Lambda, MB (the template's MemorySize).
+    #[arg(long, default_value_t = 128.0)]
     pub poll_memory_mb: f64,
-    /// Memory of the other functions on classic Lambda.
+    /// Memory of the other functions on classic Lambda, MB.
+    #[arg(long, default_value_t = 256.0)]
     pub other_memory_mb: f64,
-    /// `wait` of the idle peers' polls: the client asks for the server's `maxWait`.
+    /// `wait` of the idle peers' polls (the server's maxWait), seconds.
+    #[arg(long, default_value_t = 25)]
     pub wait: u64,
-    /// Managed Instances: invocations per execution environment (what the test proved).
+    /// Managed Instances: concurrent invocations per execution environment
+    /// (tests/watch/concurrent_polls.py proves 1,000).
+    #[arg(long, default_value_t = 1000.0)]
     pub concurrency: f64,
     /// Managed Instances: execution environments packed per instance.
+    #[arg(long, default_value_t = 1.0)]
     pub environments_per_instance: f64,
     /// Managed Instances: instances kept running however few peers wait (AZ resilience).
+    #[arg(long, default_value_t = 3.0)]
     pub minimum_instances: f64,
     /// Calls set up and measured.
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Idle waiting peers measured, and for how long.
+    /// Idle waiting peers measured.
+    #[arg(long, default_value_t = 10)]
     pub idle_peers: usize,
+    /// Seconds the idle peers are measured.
+    #[arg(long, default_value_t = 60)]
     pub idle_seconds: u64,
 }
 
@@ -48,29 +61,36 @@ fn dollars(count: f64, price: &Price) -> f64 {
     count * price.dollars
 }
 
-/// One call set up: join → negotiation → leave, for two peers.
-struct Call {
+/// What both modes pay for by the request: Lambda invocations (each behind one HTTP API
+/// request), DynamoDB units and SQS requests.
+struct Usage {
     requests: f64,
-    /// GB-seconds on classic Lambda.
-    gb_seconds: f64,
     read_units: f64,
     write_units: f64,
     sqs: f64,
-    per_function: Vec<(&'static str, f64, Duration)>,
 }
 
-impl Call {
-    /// Everything but Lambda duration: what the call costs on Managed Instances too.
-    fn requests_cost(&self) -> f64 {
+impl Usage {
+    fn cost(&self) -> f64 {
         dollars(self.requests, &prices::LAMBDA_REQUEST)
             + dollars(self.requests, &prices::HTTP_API_REQUEST)
             + dollars(self.read_units, &prices::DYNAMODB_READ_UNIT)
             + dollars(self.write_units, &prices::DYNAMODB_WRITE_UNIT)
             + dollars(self.sqs, &prices::SQS_REQUEST)
     }
+}
 
+/// One call set up: join → negotiation → leave, for two peers.
+struct Call {
+    usage: Usage,
+    /// GB-seconds on classic Lambda.
+    gb_seconds: f64,
+    per_function: Vec<(&'static str, f64, Duration)>,
+}
+
+impl Call {
     fn classic(&self) -> f64 {
-        self.requests_cost() + dollars(self.gb_seconds, &prices::LAMBDA_GB_SECOND)
+        self.usage.cost() + dollars(self.gb_seconds, &prices::LAMBDA_GB_SECOND)
     }
 }
 
@@ -89,31 +109,26 @@ fn sdp_surcharge() -> (f64, f64) {
 /// One waiting peer for one hour.
 struct PeerHour {
     gb_seconds: f64,
-    requests: f64,
-    read_units: f64,
-    write_units: f64,
-    sqs: f64,
+    usage: Usage,
 }
 
 impl PeerHour {
     fn from_idle(idle: &Idle, sqs_per_minute: f64, settings: &Settings) -> Self {
         Self {
             gb_seconds: idle.held * 3600.0 * settings.poll_memory_mb / 1024.0,
-            requests: idle.polls * 60.0,
-            // An idle read finds nothing: one unit each.
-            read_units: idle.reads * 60.0,
-            write_units: idle.write_units * 60.0,
-            sqs: sqs_per_minute * 60.0,
+            usage: Usage {
+                requests: idle.polls * 60.0,
+                // An idle read finds nothing: one unit each.
+                read_units: idle.reads * 60.0,
+                write_units: idle.write_units * 60.0,
+                sqs: sqs_per_minute * 60.0,
+            },
         }
     }
 
     /// What both modes pay: requests, DynamoDB, SQS.
     fn shared(&self) -> f64 {
-        dollars(self.requests, &prices::LAMBDA_REQUEST)
-            + dollars(self.requests, &prices::HTTP_API_REQUEST)
-            + dollars(self.read_units, &prices::DYNAMODB_READ_UNIT)
-            + dollars(self.write_units, &prices::DYNAMODB_WRITE_UNIT)
-            + dollars(self.sqs, &prices::SQS_REQUEST)
+        self.usage.cost()
     }
 
     fn classic_compute(&self) -> f64 {
@@ -175,14 +190,16 @@ pub async fn run(settings: Settings) {
         }
     };
     let call = Call {
-        requests: per_function.iter().map(|(_, count, _)| count).sum(),
+        usage: Usage {
+            requests: per_function.iter().map(|(_, count, _)| count).sum(),
+            read_units: (after.reads - before.reads) as f64 / rounds + read_surcharge,
+            write_units: dynamo::write_units(before, after) as f64 / rounds + write_surcharge,
+            sqs: (sqs_requests() - sqs_before) as f64 / rounds,
+        },
         gb_seconds: per_function
             .iter()
             .map(|(function, _, time)| time.as_secs_f64() * memory(function) / 1024.0)
             .sum(),
-        read_units: (after.reads - before.reads) as f64 / rounds + read_surcharge,
-        write_units: dynamo::write_units(before, after) as f64 / rounds + write_surcharge,
-        sqs: (sqs_requests() - sqs_before) as f64 / rounds,
         per_function,
     };
 
@@ -245,13 +262,13 @@ fn print_report(
     }
     println!(
         "| DynamoDB read units (requests + SDP surcharge) | {:.1} |",
-        call.read_units
+        call.usage.read_units
     );
     println!(
         "| DynamoDB write units (1 KB items, transactions double, SDP surcharge) | {:.1} |",
-        call.write_units
+        call.usage.write_units
     );
-    println!("| SQS requests | {:.1} |", call.sqs);
+    println!("| SQS requests | {:.1} |", call.usage.sqs);
     println!();
     println!(
         "| per idle waiting peer-minute (wait={} s) | figure |\n|---|---:|",
@@ -288,7 +305,7 @@ fn print_report(
     println!(
         "| $ per call set up | {} | {} (instance time is paid by the hour) |",
         money(call.classic()),
-        money(call.requests_cost())
+        money(call.usage.cost())
     );
     println!(
         "| $ per waiting peer-hour: compute | {} | {} |",

@@ -227,6 +227,9 @@ pub struct Idle {
     pub write_units: f64,
 }
 
+/// When a poll was sent, and when its answer came (`None` while it is open).
+type PollSpan = (Instant, Option<Instant>);
+
 /// Keeps `peers` idle peers (each alone in its room) long-polling `polling` with `wait`, and
 /// counts what they cost over `seconds`, after the eager phase that follows a join.
 pub async fn idle(
@@ -239,7 +242,7 @@ pub async fn idle(
     let http = reqwest::Client::new();
     // (start, end) of every poll sent, so the window can count the polls started in it and
     // the time polls were held in it, including those still open when it closes.
-    let polls: Arc<Mutex<Vec<(Instant, Option<Instant>)>>> = Arc::default();
+    let polls: Arc<Mutex<Vec<PollSpan>>> = Arc::default();
     let mut pollers = Vec::new();
     for i in 0..peers {
         let peer = join(&http, polling, &format!("idle-{i}-{}", ulid::Ulid::new())).await;

@@ -51,36 +51,7 @@ enum Command {
     },
     /// What a deployment costs: measured request counts (DynamoDB on a local endpoint, run via
     /// tests/with-moto.sh) times the price table of tests/bench/src/prices.rs.
-    Cost {
-        /// Memory of the poll function on classic Lambda, MB.
-        #[arg(long, default_value_t = 128.0)]
-        poll_memory_mb: f64,
-        /// Memory of the other functions on classic Lambda, MB.
-        #[arg(long, default_value_t = 256.0)]
-        other_memory_mb: f64,
-        /// `wait` of the idle peers' polls (the server's maxWait), seconds.
-        #[arg(long, default_value_t = 25)]
-        wait: u64,
-        /// Managed Instances: concurrent invocations per execution environment
-        /// (tests/watch/concurrent_polls.py proves 1,000).
-        #[arg(long, default_value_t = 1000.0)]
-        concurrency: f64,
-        /// Managed Instances: execution environments per instance.
-        #[arg(long, default_value_t = 1.0)]
-        environments_per_instance: f64,
-        /// Managed Instances: instances that run however few peers wait.
-        #[arg(long, default_value_t = 3.0)]
-        minimum_instances: f64,
-        /// Calls set up and measured.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Idle waiting peers measured.
-        #[arg(long, default_value_t = 10)]
-        idle_peers: usize,
-        /// Seconds the idle peers are measured.
-        #[arg(long, default_value_t = 60)]
-        idle_seconds: u64,
-    },
+    Cost(cost::Settings),
     /// Delivered messages per second with many rooms sending flat out.
     Throughput {
         /// Sender/receiver pairs.
@@ -95,30 +66,8 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Command::Cost {
-        poll_memory_mb,
-        other_memory_mb,
-        wait,
-        concurrency,
-        environments_per_instance,
-        minimum_instances,
-        rounds,
-        idle_peers,
-        idle_seconds,
-    } = cli.command
-    {
-        cost::run(cost::Settings {
-            poll_memory_mb,
-            other_memory_mb,
-            wait,
-            concurrency,
-            environments_per_instance,
-            minimum_instances,
-            rounds,
-            idle_peers,
-            idle_seconds,
-        })
-        .await;
+    if let Command::Cost(settings) = cli.command {
+        cost::run(settings).await;
         return;
     }
     if let Command::Dynamo {
@@ -141,7 +90,7 @@ async fn main() {
             let figures = latency::run(&server, waiting, messages).await;
             println!("{figures}");
         }
-        Command::Dynamo { .. } | Command::Cost { .. } => unreachable!("handled above"),
+        Command::Dynamo { .. } | Command::Cost(_) => unreachable!("handled above"),
         Command::Throughput { rooms, seconds } => {
             let rate = throughput::run(&server, rooms, seconds).await;
             println!("| rooms | delivered messages/s |\n|---:|---:|\n| {rooms} | {rate:.0} |");
