@@ -68,13 +68,51 @@ pub async fn run(function: Function) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match lambda_http::run(router).await {
+    // Sequential with AWS_LAMBDA_MAX_CONCURRENCY unset or 1 (classic Lambda); that many
+    // concurrent invocations in this one process above 1 (Lambda Managed Instances). The
+    // router, its Signalling and the store are built once above and shared by every
+    // invocation, so waiting polls share the in-process wake-ups.
+    match lambda_http::run_concurrent(buffered(router)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("signalpost {name}: the Lambda runtime stopped: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The router with each response body read into memory. `run_concurrent` needs responses that
+/// are `Sync`, which axum's streaming body is not; the runtime reads the whole body before
+/// answering anyway (responses are not streamed), so nothing is lost. A body that fails to
+/// read (none of ours can) becomes a logged 500 rather than the runtime's panic.
+fn buffered(
+    router: axum::Router,
+) -> impl tower::Service<
+    lambda_http::Request,
+    Response = lambda_http::Response<lambda_http::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    use tower::ServiceExt;
+    ServiceExt::<lambda_http::Request>::map_future(router, |response| async move {
+        let response: axum::response::Response = match response.await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (parts, body) = response.into_parts();
+        let body = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => lambda_http::Body::from(bytes.to_vec()),
+            Err(error) => {
+                tracing::error!(error = %crate::error::error_chain(&error), "cannot read a response body");
+                let mut failed = lambda_http::Response::new(lambda_http::Body::Empty);
+                *failed.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                return Ok(failed);
+            }
+        };
+        Ok::<_, std::convert::Infallible>(lambda_http::Response::from_parts(parts, body))
+    })
 }
 
 /// Everything done once per sandbox: configuration, store and router.
@@ -228,4 +266,39 @@ fn init_tracing() {
     } else {
         builder.compact().try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::buffered;
+
+    /// The buffered router answers as the router does: status, headers and body bytes.
+    #[tokio::test]
+    async fn buffered_responses_keep_status_headers_and_body() {
+        let router = axum::Router::new().route(
+            "/v1/thing",
+            get(|| async {
+                (
+                    StatusCode::CREATED,
+                    [(header::CONTENT_TYPE, "application/problem+json")],
+                    "{\"title\":\"made\"}",
+                )
+            }),
+        );
+        let request = lambda_http::Request::new(lambda_http::Body::Empty);
+        let (mut parts, body) = request.into_parts();
+        parts.uri = "/v1/thing".parse().expect("uri");
+        let request = lambda_http::Request::from_parts(parts, body);
+        let Ok(response) = buffered(router).oneshot(request).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(response.body().as_ref(), b"{\"title\":\"made\"}");
+    }
 }

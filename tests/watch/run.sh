@@ -11,7 +11,10 @@
 # 3. smoke-tests one watch by hand: health, unknown route, our CORS on preflight, and a post in
 #    the post function waking a long poll held by the poll function (the store poll of
 #    shared/src/wakeup.rs: separate processes share nothing else);
-# 4. runs the suite with SIGNALPOST_TEST_TARGET=watch: the harness (tests/support/watch.rs)
+# 4. (SQLite) tests/watch/concurrent_polls.py: one poll process with
+#    AWS_LAMBDA_MAX_CONCURRENCY=1000 under a stub Lambda Runtime API holds 1,000 waiting polls
+#    at once, as on Lambda Managed Instances, and reports its memory;
+# 5. runs the suite with SIGNALPOST_TEST_TARGET=watch: the harness (tests/support/watch.rs)
 #    starts one watch per test environment, each on a free loopback port with its own SQLite
 #    file, and stops them (their whole process groups) when the tests end.
 # DynamoDB: moto on loopback, SIGNALPOST_TABLE and AWS_ENDPOINT_URL_DYNAMODB passed through to
@@ -121,6 +124,8 @@ for store in "${stores[@]}"; do
     case "$store" in
     sqlite)
         smoke "SQLite"
+        section "one poll process holding 1,000 waiting polls (AWS_LAMBDA_MAX_CONCURRENCY=1000)"
+        python3 tests/watch/concurrent_polls.py "$target/debug"
         suite "SQLite"
         ;;
     dynamodb)

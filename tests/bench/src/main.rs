@@ -4,8 +4,10 @@
 //! SQLite file, or drives one already running (`--url`). Every run is bounded in messages and
 //! time, and talks to 127.0.0.1 only.
 
+mod cost;
 mod dynamo;
 mod latency;
+mod prices;
 mod server;
 mod throughput;
 
@@ -47,6 +49,9 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
     },
+    /// What a deployment costs: measured request counts (DynamoDB on a local endpoint, run via
+    /// tests/with-moto.sh) times the price table of tests/bench/src/prices.rs.
+    Cost(cost::Settings),
     /// Delivered messages per second with many rooms sending flat out.
     Throughput {
         /// Sender/receiver pairs.
@@ -61,6 +66,10 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if let Command::Cost(settings) = cli.command {
+        cost::run(settings).await;
+        return;
+    }
     if let Command::Dynamo {
         messages,
         idle_peers,
@@ -88,7 +97,7 @@ async fn main() {
             let figures = latency::run(&server, waiting, messages).await;
             println!("{figures}");
         }
-        Command::Dynamo { .. } => unreachable!("handled above"),
+        Command::Dynamo { .. } | Command::Cost(_) => unreachable!("handled above"),
         Command::Throughput { rooms, seconds } => {
             let rate = throughput::run(&server, rooms, seconds).await;
             println!("| rooms | delivered messages/s |\n|---:|---:|\n| {rooms} | {rate:.0} |");

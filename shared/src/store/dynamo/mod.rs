@@ -169,6 +169,9 @@ pub struct RequestCounts {
     pub writes: u64,
     /// Items written, counting each item of a transaction (a transaction is one write).
     pub write_items: u64,
+    /// Of `write_items`, those written inside a TransactWriteItems, which DynamoDB bills at
+    /// twice the write units of a plain write.
+    pub transaction_items: u64,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +179,7 @@ struct Counters {
     reads: AtomicU64,
     writes: AtomicU64,
     write_items: AtomicU64,
+    transaction_items: AtomicU64,
 }
 
 /// The DynamoDB implementation of [`Store`]. Cheap to clone: clones share the SDK client,
@@ -292,6 +296,7 @@ impl DynamoStore {
             reads: self.counters.reads.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             write_items: self.counters.write_items.load(Ordering::Relaxed),
+            transaction_items: self.counters.transaction_items.load(Ordering::Relaxed),
         }
     }
 
@@ -303,6 +308,13 @@ impl DynamoStore {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters
             .write_items
+            .fetch_add(items as u64, Ordering::Relaxed);
+    }
+
+    fn count_transaction(&self, items: usize) {
+        self.count_write(items);
+        self.counters
+            .transaction_items
             .fetch_add(items as u64, Ordering::Relaxed);
     }
 

@@ -227,7 +227,7 @@ impl DynamoStore {
                 "a post needs more items than one DynamoDB transaction holds",
             )));
         }
-        self.count_write(transaction.len());
+        self.count_transaction(transaction.len());
         let result = self
             .client
             .transact_write_items()

@@ -204,7 +204,7 @@ impl DynamoStore {
                 TransactWriteItem::builder().update(update).build(),
                 conditional_put(&self.table, newcomer, "attribute_not_exists(pk)", None)?,
             ];
-            self.count_write(transaction.len());
+            self.count_transaction(transaction.len());
             let result = self
                 .client
                 .transact_write_items()

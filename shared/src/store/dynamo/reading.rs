@@ -90,7 +90,7 @@ impl DynamoStore {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.count_write(transaction.len());
+        self.count_transaction(transaction.len());
         let result = self
             .client
             .transact_write_items()
