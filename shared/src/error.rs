@@ -140,6 +140,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %error_chain(&*source), "store unavailable");
                 Self::Unavailable
             }
+            StoreError::Failed(source) => {
+                tracing::error!(error = %error_chain(&*source), "store failed");
+                Self::Internal
+            }
             StoreError::Corrupt(what) => {
                 tracing::error!(what, "store returned unreadable data");
                 Self::Internal

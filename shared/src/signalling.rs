@@ -145,6 +145,7 @@ impl Signalling {
                 peer: peer.clone(),
                 name: name.clone(),
                 capacity: self.config.max_peers,
+                inbox_limit: self.config.max_inbox,
                 timing,
             })
             .await?;
@@ -249,24 +250,31 @@ impl Signalling {
             if self.sweeps.due(room) {
                 self.sweep(room).await?;
             }
-            let messages = self
+            let read = self
                 .store
                 .read(room, peer, after_seq, MAX_MESSAGES_PER_POLL, now_millis())
                 .await?;
             let now = Instant::now();
-            if let Some(last) = messages.last() {
+            if let Some(last) = read.messages.last() {
                 let cursor = Cursor {
-                    seq: last.seq,
+                    seq: read.through,
                     activity: last.sent_at,
                 };
-                return Ok(Polled { messages, cursor });
+                return Ok(Polled {
+                    messages: read.messages,
+                    cursor,
+                });
             }
             if now >= deadline || *shutdown.borrow() {
+                // Past any expired numbers: acknowledging them frees the inbox for good.
                 let cursor = Cursor {
-                    seq: after_seq,
+                    seq: read.through,
                     activity,
                 };
-                return Ok(Polled { messages, cursor });
+                return Ok(Polled {
+                    messages: read.messages,
+                    cursor,
+                });
             }
             let quiet = Duration::from_millis(u64::try_from(now_millis() - activity).unwrap_or(0));
             // Sweeps ride on the next scheduled read rather than waking the poll themselves:
@@ -321,9 +329,16 @@ impl Signalling {
         }
     }
 
-    /// Whether the store answers.
+    /// Whether the store answers and can write. Any failure is `503`, as the contract says
+    /// of health, including those that are `500` on other routes.
     pub async fn health(&self) -> Result<(), ApiError> {
-        Ok(self.store.health().await?)
+        self.store
+            .health()
+            .await
+            .map_err(|error| match ApiError::from(error) {
+                ApiError::Internal => ApiError::Unavailable,
+                other => other,
+            })
     }
 
     /// Periodic clean-up for stores that need it (the embedded one).

@@ -42,6 +42,11 @@
 //! ids, tombstones its allocations and runs again without the repeats: repeats cost more, the
 //! ordinary post costs no read.
 //!
+//! **Inbox limit.** Only unexpired unacknowledged messages count, `peer-joined` notices
+//! included (a join is refused when a member's inbox is full), so join/leave cycling cannot
+//! flood an inbox. The member item's `lastSeq - ackedSeq` decides when it is well under the
+//! limit; otherwise a Query of the inbox counts the live messages (see `inbox_limit.rs`).
+//!
 //! **Presence.** `touch` updates the member item (`lastSeen`, `ackedSeq`, expiry) and returns
 //! its `lastSeq`. Departures are conditional deletes of member items: only the caller whose
 //! delete succeeded sends `peer-left`. Member items expire (presence timeout + message TTL)
@@ -54,6 +59,7 @@
 //! Throttling, timeouts and server errors are [`StoreError::Unavailable`]; items that do not
 //! decode are [`StoreError::Corrupt`]. Errors name attributes, never item contents.
 
+mod inbox_limit;
 mod items;
 mod posting;
 mod presence;
@@ -77,10 +83,12 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use self::items::{Item, key, s};
-use super::{Departures, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing};
+use super::{
+    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing,
+};
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
-use crate::message::{LeaveReason, StoredMessage};
+use crate::message::LeaveReason;
 
 /// How long a reader waits for an allocated sequence number to be written before it gives up
 /// on it with a tombstone.
@@ -312,7 +320,7 @@ impl Store for DynamoStore {
         after: Seq,
         limit: usize,
         now: Millis,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
+    ) -> Result<InboxRead, StoreError> {
         self.read_inbox(room, peer, after, limit, now).await
     }
 

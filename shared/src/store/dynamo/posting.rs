@@ -550,11 +550,17 @@ impl DynamoStore {
                         }
                     })
                     .collect();
-                let unread = members
-                    .iter()
-                    .find(|member| &member.peer == recipient)
-                    .map_or(0, |member| member.last_seq.saturating_sub(member.acked_seq));
-                if unread + entries.len() as u64 > inbox_limit {
+                if let Some(member) = members.iter().find(|member| &member.peer == recipient)
+                    && !self
+                        .inbox_has_room(
+                            &room,
+                            member,
+                            entries.len() as u64,
+                            inbox_limit,
+                            timing.now,
+                        )
+                        .await?
+                {
                     return Err(StoreError::InboxFull(recipient.clone()));
                 }
                 plan.push((recipient.clone(), entries));

@@ -13,8 +13,7 @@ use tokio::sync::{OnceCell, oneshot};
 use super::*;
 use crate::clock::now_millis;
 use crate::ids::MessageId;
-use crate::message::MessageKind;
-use crate::message::Outgoing;
+use crate::message::{MessageKind, Outgoing, StoredMessage};
 use crate::store::conformance::{join, post_one, timing};
 
 /// One table per test process, created on first use.
@@ -186,7 +185,8 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     let early = store
         .read(&room, &bob, 0, 100, before)
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(
         seqs(&early),
         [1],
@@ -198,6 +198,7 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
             .read(&room, &bob, 1, 100, before)
             .await
             .expect("reads")
+            .messages
             .is_empty()
     );
 
@@ -206,7 +207,8 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     let inbox = store
         .read(&room, &bob, 0, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&inbox), ["first", "second"]);
     assert_eq!(seqs(&inbox), [1, 2, 3]);
 }
@@ -230,14 +232,19 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     let waiting = store
         .read(&room, &bob, 1, 100, before)
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert!(
         waiting.is_empty(),
         "within the gap timeout the reader waits"
     );
 
     let later = now_millis() + GAP_TIMEOUT_MS + 500;
-    let delivered = store.read(&room, &bob, 1, 100, later).await.expect("reads");
+    let delivered = store
+        .read(&room, &bob, 1, 100, later)
+        .await
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&delivered), ["c1"], "the gap was given up on");
     assert_eq!(seqs(&delivered), [5]);
 
@@ -248,7 +255,8 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     let inbox = store
         .read(&room, &bob, 0, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(
         texts(&inbox),
         ["c1", "a1", "a2", "a3"],
@@ -258,7 +266,8 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     let replay = store
         .read(&room, &bob, 5, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&replay), ["a1", "a2", "a3"]);
 }
 
@@ -282,7 +291,8 @@ async fn a_cursor_inside_a_batch_reads_the_rest_of_it() {
         let page = store
             .read(&room, &bob, cursor, 2, now)
             .await
-            .expect("reads");
+            .expect("reads")
+            .messages;
         cursor = page.last().map_or(cursor, |message| message.seq);
         read.extend(page);
     }
@@ -304,6 +314,7 @@ async fn concurrent_joins_never_exceed_capacity() {
                         peer: PeerId::mint(),
                         name: None,
                         capacity: 4,
+                        inbox_limit: 10_000,
                         timing: timing(0),
                     })
                     .await
@@ -382,7 +393,8 @@ async fn counts_requests_for_a_two_peer_negotiation() {
         let messages = store
             .read(&room, peer, 0, 100, now_millis())
             .await
-            .expect("read");
+            .expect("read")
+            .messages;
         assert_eq!(messages.last().map(|message| message.seq), Some(head));
         delivered += messages.len();
         if peer == &alice {
@@ -398,7 +410,8 @@ async fn counts_requests_for_a_two_peer_negotiation() {
     let nothing = store
         .read(&room, &alice, alice_head, 100, now_millis())
         .await
-        .expect("read");
+        .expect("read")
+        .messages;
     assert!(nothing.is_empty());
     let idle = store.request_counts();
     let diff = |a: RequestCounts, b: RequestCounts| {
