@@ -27,6 +27,8 @@ pub const MAX_MESSAGES_PER_POLL: usize = 100;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The default long-poll wait when the client names none.
 const DEFAULT_WAIT: u64 = 20;
+/// How often the embedded store drops expired messages and silent peers.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 /// The window `SIGNALPOST_RATE_LIMIT` counts a peer's posts in.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -339,6 +341,25 @@ impl Signalling {
                 ApiError::Internal => ApiError::Unavailable,
                 other => other,
             })
+    }
+
+    /// Runs [`Self::housekeeping`] every [`HOUSEKEEPING_INTERVAL`] (or half the message TTL,
+    /// if shorter) until the task is aborted. Every process on an embedded store runs it (the
+    /// standalone server, each function under `cargo lambda watch`); the store's lease makes
+    /// one of them at a time do the work.
+    pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let signalling = Arc::clone(self);
+        tokio::spawn(async move {
+            // Often enough that expired messages never pile up for long past their TTL.
+            let ttl = Duration::from_secs(signalling.config.message_ttl);
+            let mut every = tokio::time::interval(HOUSEKEEPING_INTERVAL.min(ttl / 2));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                // A failure is logged where it becomes an ApiError; the next round retries.
+                let _ = signalling.housekeeping().await;
+            }
+        })
     }
 
     /// Periodic clean-up for stores that need it (the embedded one).

@@ -9,5 +9,6 @@ mod conventions;
 mod delivery;
 mod errors;
 mod hostile;
+mod housekeeping;
 mod lifecycle;
 mod membership;

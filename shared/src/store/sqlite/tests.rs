@@ -19,6 +19,12 @@ async fn open_store() -> (Arc<dyn Store>, tempfile::TempDir) {
 
 crate::store_conformance_tests!(open_store);
 
+#[tokio::test]
+async fn a_retried_post_of_repeats_is_not_counted_again() {
+    let (store, _guard) = open_store().await;
+    crate::store::conformance::a_retried_post_of_repeats_is_not_counted_again(store).await;
+}
+
 fn fresh(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let directory = tempfile::tempdir().expect("temporary directory");
     let path = directory.path().join(name);
