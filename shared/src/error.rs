@@ -188,6 +188,20 @@ mod tests {
     }
 
     #[test]
+    fn only_transient_store_failures_ask_for_a_retry() {
+        let failed = ApiError::from(StoreError::Failed(
+            "attempt to write a readonly database".into(),
+        ))
+        .into_response();
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(failed.headers().get(header::RETRY_AFTER).is_none());
+        let busy =
+            ApiError::from(StoreError::Unavailable("database is locked".into())).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
     fn internal_details_stay_inside() {
         let error = ApiError::from(StoreError::Corrupt("row 7 of table secrets".into()));
         assert!(!error.to_string().contains("secrets"));
