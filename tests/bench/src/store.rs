@@ -96,6 +96,8 @@ pub async fn housekeeping(server_bin: &str, rows: u64) {
         &[
             ("SIGNALPOST_DB", path.as_str()),
             ("SIGNALPOST_RATE_LIMIT", "100000"),
+            // The polls here acknowledge nothing (no cursor): room for every post.
+            ("SIGNALPOST_MAX_INBOX", "100000"),
         ],
     );
     let started = Instant::now();
