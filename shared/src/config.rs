@@ -371,7 +371,10 @@ mod tests {
             Deployment::Lambda,
             with_fetched(
                 vec![
-                    ("SIGNALPOST_SECRET", format!("from-secrets-manager-{STRONG}")),
+                    (
+                        "SIGNALPOST_SECRET",
+                        format!("from-secrets-manager-{STRONG}"),
+                    ),
                     (
                         "SIGNALPOST_TURN_SECRET",
                         format!("turn-from-secrets-manager-{STRONG}"),

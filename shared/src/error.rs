@@ -140,6 +140,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %error_chain(&*source), "store unavailable");
                 Self::Unavailable
             }
+            StoreError::Failed(source) => {
+                tracing::error!(error = %error_chain(&*source), "store failed");
+                Self::Internal
+            }
             StoreError::Corrupt(what) => {
                 tracing::error!(what, "store returned unreadable data");
                 Self::Internal
@@ -181,6 +185,20 @@ mod tests {
             ApiError::Unavailable.into_response().headers()[header::RETRY_AFTER],
             "2"
         );
+    }
+
+    #[test]
+    fn only_transient_store_failures_ask_for_a_retry() {
+        let failed = ApiError::from(StoreError::Failed(
+            "attempt to write a readonly database".into(),
+        ))
+        .into_response();
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(failed.headers().get(header::RETRY_AFTER).is_none());
+        let busy =
+            ApiError::from(StoreError::Unavailable("database is locked".into())).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]

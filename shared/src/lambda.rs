@@ -169,7 +169,14 @@ async fn start(function: Function) -> Result<axum::Router, String> {
             "ready"
         ),
     }
+    let embedded = config.table.is_none();
     let signalling = Arc::new(Signalling::new(config, store));
+    if embedded {
+        // Under `cargo lambda watch` nothing else cleans the shared file; the store's lease
+        // lets one function process at a time do it. (On AWS the store is DynamoDB, whose TTL
+        // does this.)
+        drop(signalling.spawn_housekeeping());
+    }
     Ok(api_router(signalling, &[function]))
 }
 

@@ -38,6 +38,8 @@ const MESSAGE_OVERHEAD_BYTES: usize = 256;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The default long-poll wait when the client names none.
 const DEFAULT_WAIT: u64 = 20;
+/// How often the embedded store drops expired messages and silent peers.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 /// The window `SIGNALPOST_RATE_LIMIT` counts a peer's posts in.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -172,6 +174,7 @@ impl Signalling {
                 peer: peer.clone(),
                 name: name.clone(),
                 capacity: self.config.max_peers,
+                inbox_limit: self.config.max_inbox,
                 timing,
             })
             .await?;
@@ -278,25 +281,34 @@ impl Signalling {
             if self.sweeps.due(room) {
                 self.sweep(room).await?;
             }
-            let mut messages = self
+            let mut read = self
                 .store
                 .read(room, peer, after_seq, MAX_MESSAGES_PER_POLL, now_millis())
                 .await?;
-            keep_within_budget(&mut messages, MAX_POLL_BYTES);
+            keep_within_budget(&mut read.messages, MAX_POLL_BYTES);
             let now = Instant::now();
-            if let Some(last) = messages.last() {
+            if let Some(last) = read.messages.last() {
+                // The last message kept, not `read.through`: the byte budget may have left
+                // some for the next poll.
                 let cursor = Cursor {
                     seq: last.seq,
                     activity: last.sent_at,
                 };
-                return Ok(Polled { messages, cursor });
+                return Ok(Polled {
+                    messages: read.messages,
+                    cursor,
+                });
             }
             if now >= deadline || *shutdown.borrow() {
+                // Past any expired numbers: acknowledging them frees the inbox for good.
                 let cursor = Cursor {
-                    seq: after_seq,
+                    seq: read.through,
                     activity,
                 };
-                return Ok(Polled { messages, cursor });
+                return Ok(Polled {
+                    messages: read.messages,
+                    cursor,
+                });
             }
             let quiet = Duration::from_millis(u64::try_from(now_millis() - activity).unwrap_or(0));
             // Sweeps ride on the next scheduled read rather than waking the poll themselves:
@@ -367,9 +379,35 @@ impl Signalling {
         })
     }
 
-    /// Whether the store answers.
+    /// Whether the store answers and can write. Any failure is `503`, as the contract says
+    /// of health, including those that are `500` on other routes.
     pub async fn health(&self) -> Result<(), ApiError> {
-        Ok(self.store.health().await?)
+        self.store
+            .health()
+            .await
+            .map_err(|error| match ApiError::from(error) {
+                ApiError::Internal => ApiError::Unavailable,
+                other => other,
+            })
+    }
+
+    /// Runs [`Self::housekeeping`] every [`HOUSEKEEPING_INTERVAL`] (or half the message TTL,
+    /// if shorter) until the task is aborted. Every process on an embedded store runs it (the
+    /// standalone server, each function under `cargo lambda watch`); the store's lease makes
+    /// one of them at a time do the work.
+    pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let signalling = Arc::clone(self);
+        tokio::spawn(async move {
+            // Often enough that expired messages never pile up for long past their TTL.
+            let ttl = Duration::from_secs(signalling.config.message_ttl);
+            let mut every = tokio::time::interval(HOUSEKEEPING_INTERVAL.min(ttl / 2));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                // A failure is logged where it becomes an ApiError; the next round retries.
+                let _ = signalling.housekeeping().await;
+            }
+        })
     }
 
     /// Periodic clean-up for stores that need it (the embedded one).

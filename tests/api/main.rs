@@ -9,6 +9,7 @@ mod conventions;
 mod delivery;
 mod errors;
 mod hostile;
+mod housekeeping;
 mod lifecycle;
 mod limits;
 mod membership;

@@ -9,9 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use signalpost_shared::clock::Millis;
 use signalpost_shared::ids::{PeerId, RoomId};
-use signalpost_shared::message::StoredMessage;
 use signalpost_shared::store::{
-    Departures, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing,
+    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing,
 };
 
 /// Which calls fail.
@@ -102,7 +101,7 @@ impl Store for FaultyStore {
         after: Seq,
         limit: usize,
         now: Millis,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
+    ) -> Result<InboxRead, StoreError> {
         let fail = self.before().await?;
         self.after(fail, self.inner.read(room, peer, after, limit, now).await)
     }

@@ -253,6 +253,17 @@ impl Server {
         self.directory.path()
     }
 
+    /// The SQLite file the server (or every function of the watch) uses; `None` on DynamoDB.
+    pub fn database(&self) -> Option<std::path::PathBuf> {
+        if std::env::var("SIGNALPOST_TEST_STORE").as_deref() == Ok("dynamodb") {
+            return None;
+        }
+        Some(match &self.watch {
+            Some(watch) => watch.database(),
+            None => self.directory.path().join("signalpost.db"),
+        })
+    }
+
     /// Everything the server has written to stderr so far (only with
     /// [`Server::start_capturing_logs`]); under watch, everything its functions have written
     /// (the watch of this test's environment, shared only with tests of the same environment).

@@ -68,6 +68,12 @@ pub fn instance(env: &[(&str, &str)]) -> Arc<Watch> {
 }
 
 impl Watch {
+    /// The SQLite file its functions share: the workspace's relative `SIGNALPOST_DB`
+    /// (`[workspace.metadata.lambda.env]`) below the watch's directory.
+    pub fn database(&self) -> PathBuf {
+        self._directory.path().join("target/signalpost-watch.db")
+    }
+
     fn start(env_file: &str) -> Self {
         let directory = tempfile::tempdir().expect("temporary directory");
         let root = workspace_root();

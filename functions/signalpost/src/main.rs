@@ -5,7 +5,6 @@ mod call_link;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use signalpost_shared::clock::now_millis;
@@ -18,11 +17,10 @@ use signalpost_shared::signalling::Signalling;
 use signalpost_shared::store;
 use signalpost_shared::store::dynamo::DynamoStore;
 
-/// How often the embedded store drops expired messages and silent peers.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
-/// Threads for blocking store calls. SQLite work is serialised on one connection, so more
-/// threads only cost memory: with thousands of waiting polls, tokio's default (512) grew
-/// the server by ~60 KB per waiting peer.
+/// Threads for blocking store calls: SQLite writes are serialised on one connection (and
+/// wait for it without a thread), reads share a few connections, so more threads only cost
+/// memory: with thousands of waiting polls, tokio's default (512) grew the server by ~60 KB
+/// per waiting peer.
 const BLOCKING_THREADS: usize = 8;
 
 /// WebRTC signalling over plain HTTP: clients POST offers, answers and ICE candidates and
@@ -146,19 +144,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let signalling = Arc::new(Signalling::new(config, store));
     let router = standalone_router(Arc::clone(&signalling));
 
-    let housekeeping = tokio::spawn({
-        let signalling = Arc::clone(&signalling);
-        async move {
-            // Often enough that expired messages never pile up for long past their TTL.
-            let ttl = Duration::from_secs(signalling.config().message_ttl);
-            let mut every = tokio::time::interval(HOUSEKEEPING_INTERVAL.min(ttl / 2));
-            loop {
-                every.tick().await;
-                // A failure is logged where it becomes an ApiError; the next round retries.
-                let _ = signalling.housekeeping().await;
-            }
-        }
-    });
+    let housekeeping = signalling.spawn_housekeeping();
 
     // Tests and scripts wait for the first line, and the browser tests open the second one's
     // URL; both go to stdout, unlike the logs.

@@ -27,6 +27,7 @@ macro_rules! store_conformance_tests {
             a_repeat_to_a_peer_who_left_gets_its_first_ids,
             a_repeat_to_a_full_inbox_gets_its_first_ids,
             repeats_at_the_flood_limit_get_their_first_ids_and_do_not_count,
+            a_retried_post_of_repeats_is_not_counted_again,
             reads_replay_from_any_cursor,
             expired_messages_are_never_read,
             touch_reports_head_and_acknowledgements_free_the_inbox,
@@ -34,6 +35,8 @@ macro_rules! store_conformance_tests {
             leave_tells_the_rest_and_is_idempotent,
             concurrent_senders_keep_their_own_order,
             rate_limit_counts_each_members_posts_per_window,
+            expired_unread_messages_free_the_inbox,
+            notices_of_joins_count_against_the_inbox_limit,
             housekeeping_sweeps_abandoned_rooms,
             health_answers
         );
@@ -75,6 +78,7 @@ async fn join_at(store: &dyn Store, room: &RoomId, peer: &PeerId, timing: Timing
             peer: peer.clone(),
             name: Some(format!("name-{peer}")),
             capacity: 8,
+            inbox_limit: 10_000,
             timing,
         })
         .await
@@ -85,7 +89,11 @@ async fn join_at(store: &dyn Store, room: &RoomId, peer: &PeerId, timing: Timing
         .collect()
 }
 
-fn app_message(to: Option<&PeerId>, text: &str, client_id: Option<&str>) -> (MessageId, Outgoing) {
+pub fn app_message(
+    to: Option<&PeerId>,
+    text: &str,
+    client_id: Option<&str>,
+) -> (MessageId, Outgoing) {
     (
         MessageId::mint(),
         Outgoing {
@@ -97,7 +105,7 @@ fn app_message(to: Option<&PeerId>, text: &str, client_id: Option<&str>) -> (Mes
     )
 }
 
-fn post_request(
+pub fn post_request(
     room: &RoomId,
     sender: &PeerId,
     messages: Vec<(MessageId, Outgoing)>,
@@ -134,6 +142,7 @@ async fn read_all(store: &dyn Store, room: &RoomId, peer: &PeerId) -> Vec<Stored
         .read(room, peer, 0, 1000, timing(0).now)
         .await
         .expect("read succeeds")
+        .messages
 }
 
 fn texts(messages: &[StoredMessage], kind: MessageKind) -> Vec<String> {
@@ -199,6 +208,7 @@ pub async fn join_refuses_a_full_room(store: Arc<dyn Store>) {
             peer: PeerId::mint(),
             name: None,
             capacity: 2,
+            inbox_limit: 10_000,
             timing: timing(0),
         };
         store.join(request).await.expect("room has space");
@@ -208,6 +218,7 @@ pub async fn join_refuses_a_full_room(store: Arc<dyn Store>) {
         peer: PeerId::mint(),
         name: None,
         capacity: 2,
+        inbox_limit: 10_000,
         timing: timing(0),
     };
     assert!(matches!(
@@ -509,20 +520,30 @@ pub async fn reads_replay_from_any_cursor(store: Arc<dyn Store>) {
         post_one(&*store, &room, &alice, Some(&bob), &format!("m{i}")).await;
     }
     let now = timing(0).now;
-    let first = store.read(&room, &bob, 0, 2, now).await.expect("read");
+    let first = store
+        .read(&room, &bob, 0, 2, now)
+        .await
+        .expect("read")
+        .messages;
     assert_eq!(texts(&first, MessageKind::Message), ["m0", "m1"]);
-    let again = store.read(&room, &bob, 0, 2, now).await.expect("read");
+    let again = store
+        .read(&room, &bob, 0, 2, now)
+        .await
+        .expect("read")
+        .messages;
     assert_eq!(first, again, "reads do not consume");
     let rest = store
         .read(&room, &bob, first[1].seq, 100, now)
         .await
-        .expect("read");
+        .expect("read")
+        .messages;
     assert_eq!(texts(&rest, MessageKind::Message), ["m2", "m3", "m4"]);
     assert!(
         store
             .read(&room, &bob, rest[2].seq, 100, now)
             .await
             .expect("read")
+            .messages
             .is_empty()
     );
 }
@@ -538,7 +559,7 @@ pub async fn expired_messages_are_never_read(store: Arc<dyn Store>) {
     post_one(&*store, &room, &alice, Some(&bob), "long").await;
     let later = timing(2_000).now;
     let held = store.read(&room, &bob, 0, 100, later).await.expect("read");
-    assert_eq!(texts(&held, MessageKind::Message), ["long"]);
+    assert_eq!(texts(&held.messages, MessageKind::Message), ["long"]);
 }
 
 pub async fn touch_reports_head_and_acknowledgements_free_the_inbox(store: Arc<dyn Store>) {
@@ -835,4 +856,164 @@ pub async fn rate_limit_counts_each_members_posts_per_window(store: Arc<dyn Stor
         ["a0", "a1", "a2", "c0", "c1", "c2", "a4", "a5"],
         "refused posts stored nothing"
     );
+}
+
+pub async fn a_retried_post_of_repeats_is_not_counted_again(store: Arc<dyn Store>) {
+    // The first attempt committed but its answer was lost; the retry comes with the flood
+    // window full, and must get its first ids, not a 429.
+    let room = unique_room("retry-at-limit");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let request = || PostRequest {
+        rate_limit: RateLimit {
+            posts: 1,
+            window_ms: 10_000,
+        },
+        ..post_request(
+            &room,
+            &alice,
+            vec![app_message(Some(&bob), "offer", Some("offer-1"))],
+        )
+    };
+    let first = store.post(request()).await.expect("within the limit");
+    let retry = store
+        .post(request())
+        .await
+        .expect("a retry of repeats is answered, not counted");
+    assert_eq!(retry.ids, first.ids);
+    assert_eq!(
+        texts(&read_all(&*store, &room, &bob).await, MessageKind::Message),
+        ["offer"]
+    );
+}
+
+pub async fn expired_unread_messages_free_the_inbox(store: Arc<dyn Store>) {
+    // The recipient pauses past the TTL: what expired unread no longer counts, and an empty
+    // read lets its cursor move past the expired numbers.
+    let room = unique_room("expired-inbox");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let head = store
+        .touch(&room, &bob, 0, timing(0).now)
+        .await
+        .expect("bob is present");
+    let start = timing(0);
+    let limited = |text: &str, offset_ms: i64, ttl_ms: i64| {
+        let now = start.now + offset_ms;
+        PostRequest {
+            inbox_limit: 3,
+            timing: Timing {
+                now,
+                expires_at: now + ttl_ms,
+                stale_before: now - 60_000,
+            },
+            ..post_request(&room, &alice, vec![app_message(Some(&bob), text, None)])
+        }
+    };
+    for i in 0..3 {
+        store
+            .post(limited(&format!("short{i}"), 0, 1_000))
+            .await
+            .expect("inbox has room");
+    }
+    assert!(matches!(
+        store.post(limited("refused", 500, 600_000)).await,
+        Err(StoreError::InboxFull(_))
+    ));
+    store
+        .post(limited("after expiry", 2_000, 600_000))
+        .await
+        .expect("expired messages no longer fill the inbox");
+
+    let read = store
+        .read(&room, &bob, head, 100, start.now + 2_000)
+        .await
+        .expect("read");
+    assert_eq!(
+        texts(&read.messages, MessageKind::Message),
+        ["after expiry"]
+    );
+    let capped = store
+        .read(&room, &bob, head, 2, start.now + 2_000)
+        .await
+        .expect("read");
+    assert_eq!(capped.messages.len(), 1, "the live one, after the expired");
+    let past = store
+        .read(&room, &bob, read.through, 100, start.now + 2_000)
+        .await
+        .expect("read");
+    assert!(past.messages.is_empty());
+    assert_eq!(past.through, read.through, "nothing newer to skip to");
+    assert_eq!(read.through, head + 4);
+
+    // With only expired messages after the cursor, an empty read moves it past them.
+    for i in 0..2 {
+        store
+            .post(limited(&format!("late{i}"), 3_000, 1_000))
+            .await
+            .expect("inbox has room");
+    }
+    let skipped = store
+        .read(&room, &bob, read.through, 100, start.now + 5_000)
+        .await
+        .expect("read");
+    assert!(skipped.messages.is_empty());
+    assert_eq!(skipped.through, read.through + 2);
+    store
+        .touch(&room, &bob, skipped.through, start.now + 5_000)
+        .await
+        .expect("acknowledges through the expired numbers");
+}
+
+pub async fn notices_of_joins_count_against_the_inbox_limit(store: Arc<dyn Store>) {
+    // Join/leave cycling must not flood a member's inbox past its limit with peer-joined and
+    // peer-left notices.
+    let room = unique_room("cycling");
+    let victim = PeerId::mint();
+    join(&*store, &room, &victim).await;
+    let join_limited = |peer: &PeerId| JoinRequest {
+        room: room.clone(),
+        peer: peer.clone(),
+        name: None,
+        capacity: 8,
+        inbox_limit: 4,
+        timing: timing(0),
+    };
+    let mut refused = None;
+    for _ in 0..10 {
+        let cycler = PeerId::mint();
+        match store.join(join_limited(&cycler)).await {
+            Ok(_) => {
+                store
+                    .leave(&room, &cycler, timing(0))
+                    .await
+                    .expect("leaves");
+            }
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(&refused, Some(StoreError::InboxFull(peer)) if *peer == victim),
+        "joins went on past a full inbox: {refused:?}"
+    );
+    let held = read_all(&*store, &room, &victim).await;
+    assert!(
+        held.len() <= 5,
+        "the victim holds {} notices with a limit of 4",
+        held.len()
+    );
+    let last = held.last().map_or(0, |message| message.seq);
+    store
+        .touch(&room, &victim, last, timing(0).now)
+        .await
+        .expect("the victim reads");
+    store
+        .join(join_limited(&PeerId::mint()))
+        .await
+        .expect("a join once the victim has read");
 }

@@ -62,6 +62,10 @@ pub struct JoinRequest {
     pub peer: PeerId,
     pub name: Option<String>,
     pub capacity: usize,
+    /// Most unacknowledged messages an inbox may hold: the `peer-joined` this join sends
+    /// counts against each member's inbox like any message, so join/leave cycling cannot
+    /// flood an inbox past it.
+    pub inbox_limit: u64,
     pub timing: Timing,
 }
 
@@ -123,6 +127,17 @@ pub struct Posted {
     pub recipients: Vec<PeerId>,
 }
 
+/// What a read of an inbox found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxRead {
+    /// Unexpired messages after the cursor, in order, without gaps.
+    pub messages: Vec<StoredMessage>,
+    /// The position a cursor may move to when `messages` is empty: every number up to it is
+    /// read, expired or will never hold a message. At least the cursor read from, so that
+    /// acknowledging it frees an inbox whose unread messages expired.
+    pub through: Seq,
+}
+
 /// Peers removed from a room and the members told about it with `peer-left`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Departures {
@@ -130,7 +145,7 @@ pub struct Departures {
     pub notified: Vec<PeerId>,
 }
 
-/// A store failure. The first five are answers to the request; the last two are the store's.
+/// A store failure. The first five are answers to the request; the last three are the store's.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("the peer has left the room or timed out")]
@@ -144,9 +159,12 @@ pub enum StoreError {
     /// The sender has used up its [`RateLimit`]; its window ends in `retry_after` seconds.
     #[error("the sender is over its rate limit")]
     RateLimited { retry_after: u64 },
-    /// Transient: the client should retry.
+    /// Transient (busy, locked, throttled, timed out): the client should retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// A failure a retry will not mend (a read-only or damaged file, a bug): a `500`.
+    #[error("the store failed")]
+    Failed(#[source] Box<dyn StdError + Send + Sync>),
     /// Data the store cannot read back: a bug, not a passing fault.
     #[error("the store holds data it cannot read")]
     Corrupt(String),
@@ -171,7 +189,8 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Seq, StoreError>;
 
-    /// Up to `limit` unexpired messages of `peer`'s inbox after `after`, in order, without gaps.
+    /// Up to `limit` unexpired messages of `peer`'s inbox after `after`, in order, without
+    /// gaps, and how far a cursor may skip when none are left.
     async fn read(
         &self,
         room: &RoomId,
@@ -179,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
         after: Seq,
         limit: usize,
         now: Millis,
-    ) -> Result<Vec<StoredMessage>, StoreError>;
+    ) -> Result<InboxRead, StoreError>;
 
     /// Removes members that stopped polling and tells the rest with `peer-left` (`timeout`).
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError>;
@@ -196,7 +215,7 @@ pub trait Store: Send + Sync + 'static {
     /// nobody polls any more. Returns the departures per room.
     async fn housekeeping(&self, timing: Timing) -> Result<Vec<(RoomId, Departures)>, StoreError>;
 
-    /// Whether the store answers.
+    /// Whether the store answers and can write.
     async fn health(&self) -> Result<(), StoreError>;
 }
 
@@ -225,6 +244,12 @@ pub fn resolve_recipients(
         }
     }
     Ok(deliveries)
+}
+
+/// Whether an inbox holding `unread` unacknowledged unexpired messages may take `incoming`
+/// more under `limit`.
+pub fn fits_in_inbox(unread: u64, incoming: u64, limit: u64) -> bool {
+    unread.saturating_add(incoming) <= limit
 }
 
 /// The distinct recipients of some deliveries, in first-seen order.

@@ -1,104 +1,113 @@
 //! The embedded store: one SQLite file, shared safely by every process that opens it (the
 //! standalone server, or each function under `cargo lambda watch`).
 //!
-//! Every change runs in one `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock up
-//! front: sequence numbers are assigned and messages inserted under that lock, so an inbox's
-//! sequence commits in order and a reader can never see a gap. WAL mode lets reads proceed
-//! during writes, and a committed transaction survives the process being killed.
+//! Every change runs in one `BEGIN IMMEDIATE` transaction on the process's one write
+//! connection, which takes SQLite's write lock up front: sequence numbers are assigned and
+//! messages inserted under that lock, so an inbox's sequence commits in order and a reader
+//! can never see a gap. Reads, the sweep's pre-check and housekeeping's look-ups use a small
+//! pool of read-only connections: WAL lets them proceed while a write (this process's or
+//! another's) holds or waits for the lock. A committed transaction survives the process being
+//! killed.
+//!
+//! Errors: busy, locked and a full disk are [`StoreError::Unavailable`] (a retry can succeed);
+//! every other SQLite error (a read-only or damaged file, a bug) is [`StoreError::Failed`].
+
+mod housekeeping;
+mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
+pub use self::schema::SCHEMA_VERSION;
 use super::{
-    Departures, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store, StoreError, Timing,
-    distinct_recipients, resolve_recipients,
+    Departures, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store,
+    StoreError, Timing, distinct_recipients, fits_in_inbox, resolve_recipients,
 };
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::message::{LeaveReason, MessageKind, StoredMessage, peer_joined_data};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS members (
-    room TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    name TEXT,
-    joined_at INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0,  -- newest message in this peer's inbox
-    acked_seq INTEGER NOT NULL DEFAULT 0, -- newest message this peer has confirmed reading
-    rate_window INTEGER NOT NULL DEFAULT 0, -- when this peer's current rate-limit window opened
-    rate_count INTEGER NOT NULL DEFAULT 0,  -- posts it made in that window
-    PRIMARY KEY (room, peer)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS members_last_seen ON members (last_seen);
-CREATE TABLE IF NOT EXISTS messages (
-    room TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL,
-    sent_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (room, recipient, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_expires_at ON messages (expires_at);
-CREATE TABLE IF NOT EXISTS sent_ids (
-    room TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (room, sender, client_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sent_ids_expires_at ON sent_ids (expires_at);
-";
+/// Idle read connections kept open for the next read.
+const IDLE_READERS: usize = 4;
 
 /// The SQLite implementation of [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
-    connection: Arc<Mutex<Connection>>,
+    /// Taken asynchronously, so writes queued behind a slow lock wait without holding a
+    /// blocking thread that a read could use.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    readers: Arc<ReadPool>,
+    /// Who this process is in the housekeeping lease.
+    holder: String,
+}
+
+/// Read-only connections, opened on demand and kept while idle (up to [`IDLE_READERS`]).
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(connection) => Ok(connection),
+            None => schema::open_reader(&self.path),
+        }
+    }
+
+    fn give_back(&self, connection: Connection) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < IDLE_READERS {
+            idle.push(connection);
+        }
+    }
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`. Refuses a file it cannot write, one
+    /// that cannot use WAL, and one written by a newer release, each with a message that says
+    /// what to do.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut connection = Connection::open(path).map_err(unavailable)?;
-        // Other processes may hold the write lock briefly; wait rather than fail.
-        connection
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(unavailable)?;
-        connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-            .map_err(unavailable)?;
-        connection.execute_batch(SCHEMA).map_err(unavailable)?;
-        migrate(&mut connection)?;
+        let writer = schema::open_writer(path)?;
+        let readers = ReadPool {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        };
+        // Fail now, not at the first poll, if the file cannot be read that way.
+        readers.give_back(readers.take()?);
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            readers: Arc::new(readers),
+            holder: ulid::Ulid::new().to_string(),
         })
     }
 
-    /// Runs `work` on the connection off the async runtime.
-    async fn with<T: Send + 'static>(
+    /// Runs `work` on the write connection off the async runtime.
+    async fn with_writer<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let connection = Arc::clone(&self.connection);
-        tokio::task::spawn_blocking(move || {
-            // A panic mid-transaction rolled it back as it unwound, so the connection is usable.
-            let mut connection = connection
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            work(&mut connection)
-        })
-        .await
-        .map_err(|error| StoreError::Unavailable(Box::new(error)))?
+        let mut connection = Arc::clone(&self.writer).lock_owned().await;
+        tokio::task::spawn_blocking(move || work(&mut connection))
+            .await
+            .map_err(|error| StoreError::Failed(Box::new(error)))?
     }
 
     /// Runs `work` in a write transaction, committed only if it succeeds.
@@ -106,51 +115,49 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.with(move |connection| {
+        self.with_writer(move |connection| {
             let transaction = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+                .map_err(store_error)?;
             let result = work(&transaction)?;
-            transaction.commit().map_err(unavailable)?;
+            transaction.commit().map_err(store_error)?;
             Ok(result)
         })
         .await
     }
-}
 
-/// Columns added to `members` after the first release, for files created before them.
-const ADDED_MEMBER_COLUMNS: [(&str, &str); 2] = [
-    ("rate_window", "INTEGER NOT NULL DEFAULT 0"),
-    ("rate_count", "INTEGER NOT NULL DEFAULT 0"),
-];
-
-/// Brings an older database file up to [`SCHEMA`]. Runs under the write lock, so processes
-/// opening the same file at once do not both add a column.
-fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(unavailable)?;
-    let present: Vec<String> = transaction
-        .prepare("SELECT name FROM pragma_table_info('members')")
-        .map_err(unavailable)?
-        .query_map([], |row| row.get(0))
-        .map_err(unavailable)?
-        .collect::<Result<_, _>>()
-        .map_err(unavailable)?;
-    for (column, definition) in ADDED_MEMBER_COLUMNS {
-        if !present.iter().any(|name| name == column) {
-            transaction
-                .execute_batch(&format!(
-                    "ALTER TABLE members ADD COLUMN {column} {definition}"
-                ))
-                .map_err(unavailable)?;
-        }
+    /// Runs `work` in a read transaction (one consistent snapshot) on a read connection.
+    async fn read_with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let mut connection = readers.take()?;
+            let result = connection
+                .transaction()
+                .map_err(store_error)
+                .and_then(|transaction| work(&transaction));
+            // The transaction has ended (rolled back on drop: it only read).
+            readers.give_back(connection);
+            result
+        })
+        .await
+        .map_err(|error| StoreError::Failed(Box::new(error)))?
     }
-    transaction.commit().map_err(unavailable)
 }
 
-fn unavailable(error: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(Box::new(error))
+/// Busy, locked and a full disk can pass; anything else will not mend on a retry.
+fn store_error(error: rusqlite::Error) -> StoreError {
+    let transient = matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull)
+    );
+    if transient {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Failed(Box::new(error))
+    }
 }
 
 fn parse_id<T>(
@@ -163,14 +170,14 @@ fn parse_id<T>(
 fn members(transaction: &Transaction<'_>, room: &RoomId) -> Result<Vec<Member>, StoreError> {
     let mut statement = transaction
         .prepare_cached("SELECT peer, name FROM members WHERE room = ?1 ORDER BY joined_at, peer")
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     let rows = statement
         .query_map(params![room.as_str()], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
         })
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     rows.map(|row| {
-        let (peer, name) = row.map_err(unavailable)?;
+        let (peer, name) = row.map_err(store_error)?;
         Ok(Member {
             peer: parse_id(PeerId::parse, &peer)?,
             name,
@@ -192,15 +199,15 @@ fn enqueue(
         .prepare_cached(
             "UPDATE members SET last_seq = last_seq + 1 WHERE room = ?1 AND peer = ?2 RETURNING last_seq",
         )
-        .map_err(unavailable)?
+        .map_err(store_error)?
         .query_row(params![room.as_str(), recipient.as_str()], |row| row.get(0))
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     transaction
         .prepare_cached(
             "INSERT INTO messages (room, recipient, seq, id, sender, kind, data, sent_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
-        .map_err(unavailable)?
+        .map_err(store_error)?
         .execute(params![
             room.as_str(),
             recipient.as_str(),
@@ -212,7 +219,7 @@ fn enqueue(
             timing.now,
             timing.expires_at
         ])
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     Ok(())
 }
 
@@ -227,14 +234,14 @@ fn depart(
     for peer in &gone {
         transaction
             .prepare_cached("DELETE FROM members WHERE room = ?1 AND peer = ?2")
-            .map_err(unavailable)?
+            .map_err(store_error)?
             .execute(params![room.as_str(), peer.as_str()])
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         transaction
             .prepare_cached("DELETE FROM messages WHERE room = ?1 AND recipient = ?2")
-            .map_err(unavailable)?
+            .map_err(store_error)?
             .execute(params![room.as_str(), peer.as_str()])
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
     }
     if gone.is_empty() {
         return Ok(Departures::default());
@@ -268,13 +275,13 @@ fn sweep(
         .prepare_cached(
             "SELECT peer FROM members WHERE room = ?1 AND last_seen < ?2 ORDER BY joined_at, peer",
         )
-        .map_err(unavailable)?
+        .map_err(store_error)?
         .query_map(params![room.as_str(), timing.stale_before], |row| {
             row.get(0)
         })
-        .map_err(unavailable)?
+        .map_err(store_error)?
         .collect::<Result<_, _>>()
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     let stale = stale
         .iter()
         .map(|peer| parse_id(PeerId::parse, peer))
@@ -293,7 +300,7 @@ fn previous_ids(
             "SELECT message_id FROM sent_ids
              WHERE room = ?1 AND sender = ?2 AND client_id = ?3 AND expires_at > ?4",
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     let mut previous = Vec::with_capacity(request.messages.len());
     for (id, message) in &request.messages {
         let Some(client_id) = &message.client_id else {
@@ -315,7 +322,7 @@ fn previous_ids(
                 |row| row.get(0),
             )
             .optional()
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         match stored {
             Some(stored) => previous.push(Some(parse_id(MessageId::parse, &stored)?)),
             None => {
@@ -340,7 +347,7 @@ fn count_post(transaction: &Transaction<'_>, request: &PostRequest) -> Result<()
                  rate_window = CASE WHEN ?3 >= rate_window + ?4 THEN ?3 ELSE rate_window END
              WHERE room = ?1 AND peer = ?2 RETURNING rate_window, rate_count",
         )
-        .map_err(unavailable)?
+        .map_err(store_error)?
         .query_row(
             params![
                 request.room.as_str(),
@@ -350,7 +357,7 @@ fn count_post(transaction: &Transaction<'_>, request: &PostRequest) -> Result<()
             ],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     if u64::try_from(count).unwrap_or(u64::MAX) > limit.posts {
         return Err(StoreError::RateLimited {
             retry_after: limit.retry_after(window_start, now),
@@ -359,9 +366,55 @@ fn count_post(transaction: &Transaction<'_>, request: &PostRequest) -> Result<()
     Ok(())
 }
 
+/// Whether `recipient`'s inbox has room for `incoming` more messages. Only unexpired unread
+/// messages count: the cheap count (`last_seq - acked_seq`) includes expired ones, so when it
+/// says full, the live ones are counted exactly.
+fn inbox_has_room(
+    transaction: &Transaction<'_>,
+    room: &RoomId,
+    recipient: &PeerId,
+    incoming: u64,
+    limit: u64,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let (head, acked): (i64, i64) = transaction
+        .prepare_cached("SELECT last_seq, acked_seq FROM members WHERE room = ?1 AND peer = ?2")
+        .map_err(store_error)?
+        .query_row(params![room.as_str(), recipient.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .map_err(store_error)?;
+    let unread = u64::try_from(head - acked).unwrap_or(0);
+    if fits_in_inbox(unread, incoming, limit) {
+        return Ok(true);
+    }
+    let live: i64 = transaction
+        .prepare_cached(
+            "SELECT COUNT(*) FROM messages
+             WHERE room = ?1 AND recipient = ?2 AND seq > ?3 AND expires_at > ?4",
+        )
+        .map_err(store_error)?
+        .query_row(
+            params![room.as_str(), recipient.as_str(), acked, now],
+            |row| row.get(0),
+        )
+        .map_err(store_error)?;
+    Ok(fits_in_inbox(
+        u64::try_from(live).unwrap_or(0),
+        incoming,
+        limit,
+    ))
+}
+
 fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, StoreError> {
     let room = &request.room;
     let previous = previous_ids(transaction, &request)?;
+    let ids: Vec<MessageId> = request
+        .messages
+        .iter()
+        .zip(&previous)
+        .map(|((id, _), previous)| previous.clone().unwrap_or_else(|| id.clone()))
+        .collect();
     let fresh: Vec<_> = request
         .messages
         .iter()
@@ -369,6 +422,14 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
         .filter(|(_, previous)| previous.is_none())
         .map(|(message, _)| message.clone())
         .collect();
+    if fresh.is_empty() {
+        // A retry of a post that was stored: its first ids, and no count against the flood
+        // limit (as on DynamoDB).
+        return Ok(Posted {
+            ids,
+            recipients: Vec::new(),
+        });
+    }
     let member_ids: Vec<PeerId> = members(transaction, room)?
         .into_iter()
         .map(|member| member.peer)
@@ -385,14 +446,14 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
             .iter()
             .filter(|(_, peer)| peer == recipient)
             .count() as u64;
-        let unread: i64 = transaction
-            .prepare_cached(
-                "SELECT last_seq - acked_seq FROM members WHERE room = ?1 AND peer = ?2",
-            )
-            .map_err(unavailable)?
-            .query_row(params![room.as_str(), recipient.as_str()], |row| row.get(0))
-            .map_err(unavailable)?;
-        if u64::try_from(unread).unwrap_or(0) + incoming > request.inbox_limit {
+        if !inbox_has_room(
+            transaction,
+            room,
+            recipient,
+            incoming,
+            request.inbox_limit,
+            request.timing.now,
+        )? {
             return Err(StoreError::InboxFull(recipient.clone()));
         }
     }
@@ -403,7 +464,7 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
                     "INSERT OR REPLACE INTO sent_ids (room, sender, client_id, message_id, expires_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
-                .map_err(unavailable)?
+                .map_err(store_error)?
                 .execute(params![
                     room.as_str(),
                     request.sender.as_str(),
@@ -411,7 +472,7 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
                     id.as_str(),
                     request.timing.expires_at
                 ])
-                .map_err(unavailable)?;
+                .map_err(store_error)?;
         }
     }
     for (index, recipient) in &deliveries {
@@ -424,13 +485,80 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
             request.timing,
         )?;
     }
-    let ids = request
-        .messages
-        .iter()
-        .zip(previous)
-        .map(|((id, _), previous)| previous.unwrap_or_else(|| id.clone()))
-        .collect();
     Ok(Posted { ids, recipients })
+}
+
+/// Reads `peer`'s inbox after `after` in one snapshot: its head and its unexpired messages.
+fn read_inbox(
+    transaction: &Transaction<'_>,
+    room: &RoomId,
+    peer: &PeerId,
+    after: Seq,
+    limit: usize,
+    now: Millis,
+) -> Result<InboxRead, StoreError> {
+    let after_number = i64::try_from(after).unwrap_or(i64::MAX);
+    let head: Option<i64> = transaction
+        .prepare_cached("SELECT last_seq FROM members WHERE room = ?1 AND peer = ?2")
+        .map_err(store_error)?
+        .query_row(params![room.as_str(), peer.as_str()], |row| row.get(0))
+        .optional()
+        .map_err(store_error)?;
+    let mut statement = transaction
+        .prepare_cached(
+            "SELECT seq, id, sender, kind, data, sent_at FROM messages
+             WHERE room = ?1 AND recipient = ?2 AND seq > ?3 AND expires_at > ?4
+             ORDER BY seq LIMIT ?5",
+        )
+        .map_err(store_error)?;
+    let rows = statement
+        .query_map(
+            params![
+                room.as_str(),
+                peer.as_str(),
+                after_number,
+                now,
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            },
+        )
+        .map_err(store_error)?;
+    let messages = rows
+        .map(|row| {
+            let (seq, id, sender, kind, data, sent_at) = row.map_err(store_error)?;
+            Ok(StoredMessage {
+                seq: Seq::try_from(seq)
+                    .map_err(|_| StoreError::Corrupt(format!("sequence {seq}")))?,
+                id: parse_id(MessageId::parse, &id)?,
+                from: parse_id(PeerId::parse, &sender)?,
+                to: peer.clone(),
+                kind: MessageKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+                data,
+                sent_at,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let last_read = messages.last().map_or(after, |message| message.seq);
+    // Positions commit in order under the write lock, so when the read stopped short of its
+    // limit every number up to the head it saw is read or expired.
+    let through = if messages.len() < limit {
+        head.and_then(|head| Seq::try_from(head).ok())
+            .unwrap_or(0)
+            .max(last_read)
+    } else {
+        last_read
+    };
+    Ok(InboxRead { messages, through })
 }
 
 #[async_trait]
@@ -443,13 +571,27 @@ impl Store for SqliteStore {
             if others.len() >= request.capacity {
                 return Err(StoreError::RoomFull);
             }
+            // The `peer-joined` counts like any message: join/leave cycling cannot flood an
+            // inbox past its limit (the `peer-left` that follows a counted join is bounded by it).
+            for other in &others {
+                if !inbox_has_room(
+                    transaction,
+                    room,
+                    &other.peer,
+                    1,
+                    request.inbox_limit,
+                    request.timing.now,
+                )? {
+                    return Err(StoreError::InboxFull(other.peer.clone()));
+                }
+            }
             transaction
                 .prepare_cached(
                     "INSERT INTO members (room, peer, name, joined_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
                 )
-                .map_err(unavailable)?
+                .map_err(store_error)?
                 .execute(params![room.as_str(), request.peer.as_str(), request.name, request.timing.now])
-                .map_err(unavailable)?;
+                .map_err(store_error)?;
             let id = MessageId::mint();
             let data = peer_joined_data(request.name.as_deref());
             for other in &others {
@@ -480,17 +622,26 @@ impl Store for SqliteStore {
     ) -> Result<Seq, StoreError> {
         let (room, peer) = (room.clone(), peer.clone());
         let acked = i64::try_from(acked).unwrap_or(i64::MAX);
-        self.with(move |connection| {
-            let head: Option<i64> = connection
+        let asked = Instant::now();
+        self.write(move |transaction| {
+            // Stamped as of when the lock was won: time spent waiting for another writer must
+            // not come out of this peer's presence margin.
+            let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(Millis::MAX);
+            let seen = now.saturating_add(waited);
+            let head: Option<i64> = transaction
                 .prepare_cached(
-                    "UPDATE members SET last_seen = ?3, acked_seq = MAX(acked_seq, MIN(?4, last_seq))
+                    "UPDATE members SET last_seen = MAX(last_seen, ?3),
+                         acked_seq = MAX(acked_seq, MIN(?4, last_seq))
                      WHERE room = ?1 AND peer = ?2 RETURNING last_seq",
                 )
-                .map_err(unavailable)?
-                .query_row(params![room.as_str(), peer.as_str(), now, acked], |row| row.get(0))
+                .map_err(store_error)?
+                .query_row(params![room.as_str(), peer.as_str(), seen, acked], |row| {
+                    row.get(0)
+                })
                 .optional()
-                .map_err(unavailable)?;
-            head.map(|head| Seq::try_from(head).unwrap_or(0)).ok_or(StoreError::PeerGone)
+                .map_err(store_error)?;
+            head.map(|head| Seq::try_from(head).unwrap_or(0))
+                .ok_or(StoreError::PeerGone)
         })
         .await
     }
@@ -502,50 +653,16 @@ impl Store for SqliteStore {
         after: Seq,
         limit: usize,
         now: Millis,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
+    ) -> Result<InboxRead, StoreError> {
+        if limit == 0 {
+            return Ok(InboxRead {
+                messages: Vec::new(),
+                through: after,
+            });
+        }
         let (room, peer) = (room.clone(), peer.clone());
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |connection| {
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT seq, id, sender, kind, data, sent_at FROM messages
-                     WHERE room = ?1 AND recipient = ?2 AND seq > ?3 AND expires_at > ?4
-                     ORDER BY seq LIMIT ?5",
-                )
-                .map_err(unavailable)?;
-            let rows = statement
-                .query_map(
-                    params![room.as_str(), peer.as_str(), after, now, limit],
-                    |row| {
-                        Ok((
-                            row.get::<_, i64>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, String>(2)?,
-                            row.get::<_, String>(3)?,
-                            row.get::<_, String>(4)?,
-                            row.get::<_, i64>(5)?,
-                        ))
-                    },
-                )
-                .map_err(unavailable)?;
-            rows.map(|row| {
-                let (seq, id, sender, kind, data, sent_at) = row.map_err(unavailable)?;
-                Ok(StoredMessage {
-                    seq: Seq::try_from(seq)
-                        .map_err(|_| StoreError::Corrupt(format!("sequence {seq}")))?,
-                    id: parse_id(MessageId::parse, &id)?,
-                    from: parse_id(PeerId::parse, &sender)?,
-                    to: peer.clone(),
-                    kind: MessageKind::parse(&kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
-                    data,
-                    sent_at,
-                })
-            })
-            .collect()
-        })
-        .await
+        self.read_with(move |transaction| read_inbox(transaction, &room, &peer, after, limit, now))
+            .await
     }
 
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError> {
@@ -553,18 +670,18 @@ impl Store for SqliteStore {
         // nobody stale: look first without taking the write lock.
         let check_room = room.clone();
         let anyone_stale = self
-            .with(move |connection| {
-                connection
+            .read_with(move |transaction| {
+                transaction
                     .prepare_cached(
                         "SELECT 1 FROM members WHERE room = ?1 AND last_seen < ?2 LIMIT 1",
                     )
-                    .map_err(unavailable)?
+                    .map_err(store_error)?
                     .query_row(
                         params![check_room.as_str(), timing.stale_before],
                         |_| Ok(()),
                     )
                     .optional()
-                    .map_err(unavailable)
+                    .map_err(store_error)
             })
             .await?
             .is_some();
@@ -594,147 +711,22 @@ impl Store for SqliteStore {
     }
 
     async fn housekeeping(&self, timing: Timing) -> Result<Vec<(RoomId, Departures)>, StoreError> {
-        self.write(move |transaction| {
-            transaction
-                .execute(
-                    "DELETE FROM messages WHERE expires_at <= ?1",
-                    params![timing.now],
-                )
-                .map_err(unavailable)?;
-            transaction
-                .execute(
-                    "DELETE FROM sent_ids WHERE expires_at <= ?1",
-                    params![timing.now],
-                )
-                .map_err(unavailable)?;
-            let rooms: Vec<String> = transaction
-                .prepare("SELECT DISTINCT room FROM members WHERE last_seen < ?1")
-                .map_err(unavailable)?
-                .query_map(params![timing.stale_before], |row| row.get(0))
-                .map_err(unavailable)?
-                .collect::<Result<_, _>>()
-                .map_err(unavailable)?;
-            rooms
-                .iter()
-                .map(|room| {
-                    let room = parse_id(RoomId::parse, room)?;
-                    let departures = sweep(transaction, &room, timing)?;
-                    Ok((room, departures))
-                })
-                .collect()
-        })
-        .await
+        self.housekeep(timing).await
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        self.with(|connection| {
-            connection
-                .query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(unavailable)
+        // A real write, so a read-only file, a full disk or a lock held for good shows here.
+        self.write(|transaction| {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO health_probe (id, written_at) VALUES (1, ?1)
+                     ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at",
+                )
+                .map_err(store_error)?
+                .execute(params![crate::clock::now_millis()])
+                .map_err(store_error)?;
+            Ok(())
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn open_store() -> (Arc<dyn Store>, tempfile::TempDir) {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let store = SqliteStore::open(&directory.path().join("test.db")).expect("opens");
-        (Arc::new(store), directory)
-    }
-
-    crate::store_conformance_tests!(open_store);
-
-    #[tokio::test]
-    async fn committed_messages_survive_reopening_the_file() {
-        use crate::store::conformance::{join, post_one, timing};
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory.path().join("durable.db");
-        let room = RoomId::parse("durable").expect("valid");
-        let (alice, bob) = (PeerId::mint(), PeerId::mint());
-        {
-            let store = SqliteStore::open(&path).expect("opens");
-            join(&store, &room, &alice).await;
-            join(&store, &room, &bob).await;
-            post_one(&store, &room, &alice, Some(&bob), "kept").await;
-        }
-        let store = SqliteStore::open(&path).expect("reopens");
-        let held = store
-            .read(&room, &bob, 0, 100, timing(0).now)
-            .await
-            .expect("reads");
-        assert_eq!(
-            held.last().map(|message| message.data.as_str()),
-            Some("\"kept\"")
-        );
-    }
-
-    #[tokio::test]
-    async fn opens_a_file_from_before_the_rate_limit_columns() {
-        use crate::store::conformance::{join, post_one};
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory.path().join("old.db");
-        let old_schema = SCHEMA
-            .replace(
-                "    rate_window INTEGER NOT NULL DEFAULT 0, -- when this peer's current rate-limit window opened\n",
-                "",
-            )
-            .replace(
-                "    rate_count INTEGER NOT NULL DEFAULT 0,  -- posts it made in that window\n",
-                "",
-            );
-        assert!(
-            !old_schema.contains("rate_"),
-            "the test strips both columns"
-        );
-        Connection::open(&path)
-            .and_then(|connection| connection.execute_batch(&old_schema))
-            .expect("an old file");
-        let store = SqliteStore::open(&path).expect("opens and migrates");
-        SqliteStore::open(&path).expect("opening again changes nothing");
-        let room = RoomId::parse("migrated").expect("valid");
-        let (alice, bob) = (PeerId::mint(), PeerId::mint());
-        join(&store, &room, &alice).await;
-        join(&store, &room, &bob).await;
-        post_one(&store, &room, &alice, Some(&bob), "counted").await;
-    }
-
-    #[tokio::test]
-    async fn housekeeping_drops_expired_rows_and_silent_members() {
-        use crate::store::conformance::{join, post_one, timing};
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let store = SqliteStore::open(&directory.path().join("housekeeping.db")).expect("opens");
-        let room = RoomId::parse("kept-small").expect("valid");
-        let (alice, bob) = (PeerId::mint(), PeerId::mint());
-        join(&store, &room, &alice).await;
-        join(&store, &room, &bob).await;
-        post_one(&store, &room, &alice, Some(&bob), "old").await;
-        let count = |table: &'static str| {
-            let store = store.clone();
-            async move {
-                store
-                    .with(move |connection| {
-                        connection
-                            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
-                                row.get::<_, i64>(0)
-                            })
-                            .map_err(unavailable)
-                    })
-                    .await
-                    .expect("counts")
-            }
-        };
-        assert_eq!((count("members").await, count("messages").await), (2, 2));
-        // Eleven minutes later: every message has expired and both peers have timed out.
-        let departures = store
-            .housekeeping(timing(660_000))
-            .await
-            .expect("housekeeping");
-        assert_eq!(departures.len(), 1);
-        assert_eq!(departures[0].1.gone.len(), 2);
-        assert_eq!((count("members").await, count("messages").await), (0, 0));
     }
 }

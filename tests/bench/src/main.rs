@@ -9,6 +9,7 @@ mod dynamo;
 mod latency;
 mod prices;
 mod server;
+mod store;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,21 @@ enum Command {
     /// What a deployment costs: measured request counts (DynamoDB on a local endpoint, run via
     /// tests/with-moto.sh) times the price table of tests/bench/src/prices.rs.
     Cost(cost::Settings),
+    /// Poll and post latency while housekeeping deletes many expired rows (SQLite).
+    Housekeeping {
+        /// Expired rows put in the file before the server starts.
+        #[arg(long, default_value_t = 5_000_000)]
+        rows: u64,
+    },
+    /// The SQLite files' size over a long run with a 10 s TTL (60x the default).
+    Soak {
+        /// Minutes to run (24 simulate a day).
+        #[arg(long, default_value_t = 24)]
+        minutes: u64,
+        /// Rooms negotiating over and over at once.
+        #[arg(long, default_value_t = 8)]
+        rooms: usize,
+    },
     /// Delivered messages per second with many rooms sending flat out.
     Throughput {
         /// Sender/receiver pairs.
@@ -79,6 +95,13 @@ async fn main() {
         dynamo::run(messages, idle_peers, idle_seconds).await;
         return;
     }
+    match cli.command {
+        Command::Housekeeping { rows } => return store::housekeeping(&cli.server_bin, rows).await,
+        Command::Soak { minutes, rooms } => {
+            return store::soak(&cli.server_bin, minutes, rooms).await;
+        }
+        _ => {}
+    }
     let server = match &cli.url {
         Some(url) => server::Target::external(url),
         // The benchmark posts far faster than the flood limit lets one peer, and joins and
@@ -97,7 +120,10 @@ async fn main() {
             let figures = latency::run(&server, waiting, messages).await;
             println!("{figures}");
         }
-        Command::Dynamo { .. } | Command::Cost(_) => unreachable!("handled above"),
+        Command::Dynamo { .. }
+        | Command::Cost(_)
+        | Command::Housekeeping { .. }
+        | Command::Soak { .. } => unreachable!("handled above"),
         Command::Throughput { rooms, seconds } => {
             let rate = throughput::run(&server, rooms, seconds).await;
             println!("| rooms | delivered messages/s |\n|---:|---:|\n| {rooms} | {rate:.0} |");

@@ -76,6 +76,11 @@
 //! an idempotency token, and a single put that finds its own messages already there counts as
 //! done.
 //!
+//! **Inbox limit.** Only unexpired unacknowledged messages count, `peer-joined` notices
+//! included (a join is refused when a member's inbox is full), so join/leave cycling cannot
+//! flood an inbox. The member item's `lastSeq - ackedSeq` decides when it is well under the
+//! limit; otherwise a Query of the inbox counts the live messages (see `inbox_limit.rs`).
+//!
 //! **Presence.** `touch` updates the member item (`lastSeen`, `ackedSeq`, expiry) and returns
 //! its `lastSeq`. Departures are conditional deletes of member items: only the caller whose
 //! delete succeeded sends `peer-left`. Member items expire (presence timeout + message TTL)
@@ -88,6 +93,7 @@
 //! Throttling, timeouts and server errors are [`StoreError::Unavailable`]; items that do not
 //! decode are [`StoreError::Corrupt`]. Errors name attributes, never item contents.
 
+mod inbox_limit;
 mod items;
 mod posting;
 mod presence;
@@ -113,10 +119,12 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use self::items::{Item, key, s};
-use super::{Departures, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing};
+use super::{
+    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing,
+};
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
-use crate::message::{LeaveReason, StoredMessage};
+use crate::message::LeaveReason;
 
 /// Each request's limit, retries included (see [`DynamoStore::timeouts`]).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -385,7 +393,7 @@ impl Store for DynamoStore {
         after: Seq,
         limit: usize,
         now: Millis,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
+    ) -> Result<InboxRead, StoreError> {
         self.read_inbox(room, peer, after, limit, now, None).await
     }
 

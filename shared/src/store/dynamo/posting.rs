@@ -714,11 +714,11 @@ impl DynamoStore {
                 .filter(|(_, peer)| *peer == recipient)
                 .map(|(index, _)| *index)
                 .collect();
-            let unread = members
-                .iter()
-                .find(|member| member.peer == recipient)
-                .map_or(0, |member| member.last_seq.saturating_sub(member.acked_seq));
-            if unread + mine.len() as u64 > inbox_limit {
+            if let Some(member) = members.iter().find(|member| member.peer == recipient)
+                && !self
+                    .inbox_has_room(room, member, mine.len() as u64, inbox_limit, timing.now)
+                    .await?
+            {
                 return Err(StoreError::InboxFull(recipient));
             }
             let entries = mine

@@ -150,6 +150,7 @@ impl DynamoStore {
             peer,
             name,
             capacity,
+            inbox_limit,
             timing,
         } = request;
         let life = (timing.now - timing.stale_before) + (timing.expires_at - timing.now);
@@ -174,6 +175,16 @@ impl DynamoStore {
                 .collect();
             if present.len() >= capacity {
                 return Err(StoreError::RoomFull);
+            }
+            // The `peer-joined` counts like any message, so join/leave cycling cannot flood
+            // an inbox past its limit.
+            for member in &present {
+                if !self
+                    .inbox_has_room(&room, member, 1, inbox_limit, timing.now)
+                    .await?
+                {
+                    return Err(StoreError::InboxFull(member.peer.clone()));
+                }
             }
             let mut values = HashMap::from([
                 (":new".to_owned(), s(ulid::Ulid::new().to_string())),

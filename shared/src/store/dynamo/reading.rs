@@ -10,8 +10,7 @@ use super::{
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
-use crate::message::StoredMessage;
-use crate::store::{Seq, StoreError};
+use crate::store::{InboxRead, Seq, StoreError};
 
 impl DynamoStore {
     /// Whether the unfilled positions up to `last` of an inbox (everything below the item that
@@ -113,15 +112,21 @@ impl DynamoStore {
         limit: usize,
         now: Millis,
         hook: Hook<'_>,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
+    ) -> Result<InboxRead, StoreError> {
+        let nothing = InboxRead {
+            messages: Vec::new(),
+            through: after,
+        };
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok(nothing);
         }
         let inbox = inbox_pk(room, peer);
         let page_size = i32::try_from(limit.min(1_000)).unwrap_or(1_000);
         for _ in 0..MAX_READ_ROUNDS {
             let mut messages = Vec::new();
             let mut expected = after + 1;
+            // The last number read, tombstoned or expired: where a cursor may move to.
+            let mut through = after;
             let mut blocked: Option<InboxItem> = None;
             let mut failure = None;
             self.query_partition(
@@ -148,11 +153,13 @@ impl DynamoStore {
                             if let Some(message) = item.message(seq, peer) {
                                 messages.push(message);
                                 if messages.len() >= limit {
+                                    through = seq;
                                     return false;
                                 }
                             }
                         }
                         expected = item.last + 1;
+                        through = item.last;
                     }
                     true
                 },
@@ -161,18 +168,19 @@ impl DynamoStore {
             if let Some(error) = failure {
                 return Err(error);
             }
+            let read = InboxRead { messages, through };
             let Some(blocked) = blocked else {
-                return Ok(messages);
+                return Ok(read);
             };
-            if !messages.is_empty() {
+            if !read.messages.is_empty() {
                 // Deliver what is ready; the gap is dealt with by the next read.
-                return Ok(messages);
+                return Ok(read);
             }
             if !self
                 .gap_is_abandoned(room, peer, &inbox, blocked.first - 1, now)
                 .await?
             {
-                return Ok(messages);
+                return Ok(read);
             }
             let expires_at = blocked.expires_at_ms.max(now + TOMBSTONE_MIN_LIFE_MS);
             if let Some(hook) = hook {
@@ -181,6 +189,6 @@ impl DynamoStore {
             self.tombstone(&inbox, expected, blocked.first - 1, expires_at)
                 .await?;
         }
-        Ok(Vec::new())
+        Ok(nothing)
     }
 }

@@ -13,8 +13,7 @@ use tokio::sync::{OnceCell, oneshot};
 use super::*;
 use crate::clock::now_millis;
 use crate::ids::MessageId;
-use crate::message::MessageKind;
-use crate::message::Outgoing;
+use crate::message::{MessageKind, Outgoing, StoredMessage};
 use crate::store::conformance::{join, post_one, timing};
 
 /// One table per test process, created on first use.
@@ -188,7 +187,8 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     let early = store
         .read(&room, &bob, 0, 100, before)
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(
         seqs(&early),
         [1],
@@ -200,6 +200,7 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
             .read(&room, &bob, 1, 100, before)
             .await
             .expect("reads")
+            .messages
             .is_empty()
     );
 
@@ -208,7 +209,8 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     let inbox = store
         .read(&room, &bob, 0, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&inbox), ["first", "second"]);
     assert_eq!(seqs(&inbox), [1, 2, 3]);
 }
@@ -232,14 +234,19 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     let waiting = store
         .read(&room, &bob, 1, 100, before)
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert!(
         waiting.is_empty(),
         "within the gap timeout the reader waits"
     );
 
     let later = now_millis() + GAP_TIMEOUT_MS + 500;
-    let delivered = store.read(&room, &bob, 1, 100, later).await.expect("reads");
+    let delivered = store
+        .read(&room, &bob, 1, 100, later)
+        .await
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&delivered), ["c1"], "the gap was given up on");
     assert_eq!(seqs(&delivered), [5]);
 
@@ -250,7 +257,8 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     let inbox = store
         .read(&room, &bob, 0, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(
         texts(&inbox),
         ["c1", "a1", "a2", "a3"],
@@ -260,7 +268,8 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     let replay = store
         .read(&room, &bob, 5, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&replay), ["a1", "a2", "a3"]);
 }
 
@@ -284,7 +293,8 @@ async fn a_cursor_inside_a_batch_reads_the_rest_of_it() {
         let page = store
             .read(&room, &bob, cursor, 2, now)
             .await
-            .expect("reads");
+            .expect("reads")
+            .messages;
         cursor = page.last().map_or(cursor, |message| message.seq);
         read.extend(page);
     }
@@ -306,6 +316,7 @@ async fn concurrent_joins_never_exceed_capacity() {
                         peer: PeerId::mint(),
                         name: None,
                         capacity: 4,
+                        inbox_limit: 10_000,
                         timing: timing(0),
                     })
                     .await
@@ -384,7 +395,8 @@ async fn counts_requests_for_a_two_peer_negotiation() {
         let messages = store
             .read(&room, peer, 0, 100, now_millis())
             .await
-            .expect("read");
+            .expect("read")
+            .messages;
         assert_eq!(messages.last().map(|message| message.seq), Some(head));
         delivered += messages.len();
         if peer == &alice {
@@ -400,7 +412,8 @@ async fn counts_requests_for_a_two_peer_negotiation() {
     let nothing = store
         .read(&room, &alice, alice_head, 100, now_millis())
         .await
-        .expect("read");
+        .expect("read")
+        .messages;
     assert!(nothing.is_empty());
     let idle = store.request_counts();
     let diff = |a: RequestCounts, b: RequestCounts| {
@@ -477,7 +490,8 @@ async fn read_everything(
         let page = store
             .read(room, peer, cursor, 1_000, now)
             .await
-            .expect("reads");
+            .expect("reads")
+            .messages;
         let Some(last) = page.last() else {
             break;
         };
@@ -618,7 +632,8 @@ async fn a_put_whose_response_was_lost_is_not_delivered_twice() {
     let inbox = store
         .read(&room, &bob, 0, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&inbox), ["once"], "delivered once: {inbox:?}");
 }
 
@@ -691,7 +706,8 @@ async fn a_broadcast_skips_a_member_who_leaves_mid_post() {
     let inbox = store
         .read(&room, &bob, 0, 100, now_millis())
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert_eq!(texts(&inbox), ["to all"]);
 }
 
@@ -774,6 +790,7 @@ async fn a_gap_is_judged_by_its_newest_allocation_not_by_when_its_start_was_noti
             .read(&room, &bob, 0, 100, noticed_at)
             .await
             .expect("reads")
+            .messages
             .is_empty()
     );
     store
@@ -798,7 +815,8 @@ async fn a_gap_is_judged_by_its_newest_allocation_not_by_when_its_start_was_noti
     let early = store
         .read(&room, &bob, 0, 100, much_later + 10)
         .await
-        .expect("reads");
+        .expect("reads")
+        .messages;
     assert!(
         early.is_empty(),
         "3 was allocated 10 ms ago: the reader waits for it: {early:?}"
