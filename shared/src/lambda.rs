@@ -108,7 +108,9 @@ async fn start(function: Function) -> Result<axum::Router, String> {
             "ready"
         ),
     }
-    let signalling = Arc::new(Signalling::new(config, store));
+    // Wake-ups between execution environments (SQS beside DynamoDB, Unix sockets beside
+    // SQLite under `cargo lambda watch`).
+    let signalling = Arc::new(Signalling::open(config, store).await);
     Ok(api_router(signalling, &[function]))
 }
 

@@ -135,7 +135,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    let signalling = Arc::new(Signalling::new(config, store));
+    let signalling = Arc::new(Signalling::open(config, store).await);
     let router = standalone_router(Arc::clone(&signalling));
 
     let housekeeping = tokio::spawn({
@@ -164,6 +164,8 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     signalpost_shared::http::serve::serve(listener, router, shutdown).await;
     housekeeping.abort();
+    // Its wake-up socket or queue goes with it.
+    signalling.close().await;
     Ok(())
 }
 

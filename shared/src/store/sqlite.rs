@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    Departures, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store, StoreError, Timing,
+    Departures, Doorbell, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store, StoreError, Timing,
     distinct_recipients, resolve_recipients,
 };
 use crate::clock::Millis;
@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS members (
     acked_seq INTEGER NOT NULL DEFAULT 0, -- newest message this peer has confirmed reading
     rate_window INTEGER NOT NULL DEFAULT 0, -- when this peer's current rate-limit window opened
     rate_count INTEGER NOT NULL DEFAULT 0,  -- posts it made in that window
+    waits_at TEXT,                          -- wake-up address of its latest poll
     PRIMARY KEY (room, peer)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_last_seen ON members (last_seen);
@@ -119,9 +120,10 @@ impl SqliteStore {
 }
 
 /// Columns added to `members` after the first release, for files created before them.
-const ADDED_MEMBER_COLUMNS: [(&str, &str); 2] = [
+const ADDED_MEMBER_COLUMNS: [(&str, &str); 3] = [
     ("rate_window", "INTEGER NOT NULL DEFAULT 0"),
     ("rate_count", "INTEGER NOT NULL DEFAULT 0"),
+    ("waits_at", "TEXT"),
 ];
 
 /// Brings an older database file up to [`SCHEMA`]. Runs under the write lock, so processes
@@ -177,6 +179,34 @@ fn members(transaction: &Transaction<'_>, room: &RoomId) -> Result<Vec<Member>, 
         })
     })
     .collect()
+}
+
+/// Where those of `peers` whose polls recorded a wake-up address wait.
+fn doorbells(
+    transaction: &Transaction<'_>,
+    room: &RoomId,
+    peers: &[PeerId],
+) -> Result<Vec<Doorbell>, StoreError> {
+    if peers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut statement = transaction
+        .prepare_cached("SELECT peer, waits_at FROM members WHERE room = ?1 AND waits_at IS NOT NULL")
+        .map_err(unavailable)?;
+    let rows = statement
+        .query_map(params![room.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .map_err(unavailable)?;
+    let mut found = Vec::new();
+    for row in rows {
+        let (peer, address) = row.map_err(unavailable)?;
+        let peer = parse_id(PeerId::parse, &peer)?;
+        if peers.contains(&peer) {
+            found.push(Doorbell { peer, address });
+        }
+    }
+    Ok(found)
 }
 
 /// Appends one message to `recipient`'s inbox at its next sequence number.
@@ -256,7 +286,13 @@ fn depart(
             )?;
         }
     }
-    Ok(Departures { gone, notified })
+    let doorbells = doorbells(transaction, room, &notified)?;
+    Ok(Departures {
+        gone,
+        notified,
+        doorbells,
+        stale_at: None,
+    })
 }
 
 fn sweep(
@@ -427,7 +463,12 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
         .zip(previous)
         .map(|((id, _), previous)| previous.unwrap_or_else(|| id.clone()))
         .collect();
-    Ok(Posted { ids, recipients })
+    let doorbells = doorbells(transaction, room, &recipients)?;
+    Ok(Posted {
+        ids,
+        recipients,
+        doorbells,
+    })
 }
 
 #[async_trait]
@@ -458,7 +499,13 @@ impl Store for SqliteStore {
                     request.timing,
                 )?;
             }
-            Ok(Joined { others, departures })
+            let told: Vec<PeerId> = others.iter().map(|other| other.peer.clone()).collect();
+            let doorbells = doorbells(transaction, room, &told)?;
+            Ok(Joined {
+                others,
+                departures,
+                doorbells,
+            })
         })
         .await
     }
@@ -475,16 +522,29 @@ impl Store for SqliteStore {
         acked: Seq,
         now: Millis,
     ) -> Result<Seq, StoreError> {
+        self.touch_waiting(room, peer, acked, now, None).await
+    }
+
+    async fn touch_waiting(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        acked: Seq,
+        now: Millis,
+        waits_at: Option<&str>,
+    ) -> Result<Seq, StoreError> {
         let (room, peer) = (room.clone(), peer.clone());
+        let waits_at = waits_at.map(str::to_owned);
         let acked = i64::try_from(acked).unwrap_or(i64::MAX);
         self.with(move |connection| {
             let head: Option<i64> = connection
                 .prepare_cached(
-                    "UPDATE members SET last_seen = ?3, acked_seq = MAX(acked_seq, MIN(?4, last_seq))
+                    "UPDATE members SET last_seen = ?3, acked_seq = MAX(acked_seq, MIN(?4, last_seq)),
+                     waits_at = COALESCE(?5, waits_at)
                      WHERE room = ?1 AND peer = ?2 RETURNING last_seq",
                 )
                 .map_err(unavailable)?
-                .query_row(params![room.as_str(), peer.as_str(), now, acked], |row| row.get(0))
+                .query_row(params![room.as_str(), peer.as_str(), now, acked, waits_at], |row| row.get(0))
                 .optional()
                 .map_err(unavailable)?;
             head.map(|head| Seq::try_from(head).unwrap_or(0)).ok_or(StoreError::PeerGone)
@@ -549,24 +609,21 @@ impl Store for SqliteStore {
         // Every waiting poll sweeps its room every few seconds, and almost always finds
         // nobody stale: look first without taking the write lock.
         let check_room = room.clone();
-        let anyone_stale = self
+        let oldest: Option<Millis> = self
             .with(move |connection| {
                 connection
-                    .prepare_cached(
-                        "SELECT 1 FROM members WHERE room = ?1 AND last_seen < ?2 LIMIT 1",
-                    )
+                    .prepare_cached("SELECT MIN(last_seen) FROM members WHERE room = ?1")
                     .map_err(unavailable)?
-                    .query_row(
-                        params![check_room.as_str(), timing.stale_before],
-                        |_| Ok(()),
-                    )
-                    .optional()
+                    .query_row(params![check_room.as_str()], |row| row.get(0))
                     .map_err(unavailable)
             })
-            .await?
-            .is_some();
+            .await?;
+        let anyone_stale = oldest.is_some_and(|oldest| oldest < timing.stale_before);
         if !anyone_stale {
-            return Ok(Departures::default());
+            return Ok(Departures {
+                stale_at: oldest.map(|oldest| oldest + (timing.now - timing.stale_before)),
+                ..Departures::default()
+            });
         }
         let room = room.clone();
         self.write(move |transaction| sweep(transaction, &room, timing))

@@ -508,6 +508,7 @@ impl DynamoStore {
                 return Ok(Posted {
                     ids,
                     recipients: Vec::new(),
+                    doorbells: Vec::new(),
                 });
             }
             let members = self.live_members(&room, timing.now).await?;
@@ -575,7 +576,14 @@ impl DynamoStore {
                 timing,
             };
             match self.deliver(&delivery, before_commit).await? {
-                Outcome::Delivered(_) => return Ok(Posted { ids, recipients }),
+                Outcome::Delivered(_) => {
+                    let doorbells = items::doorbells(&members, &recipients);
+                    return Ok(Posted {
+                        ids,
+                        recipients,
+                        doorbells,
+                    });
+                }
                 Outcome::Repeats(repeats) => {
                     for index in repeats {
                         let Some(client_id) = sent_client_ids.get(index) else {
