@@ -9,9 +9,16 @@ most one per 10 s) cannot be what delivers in time.
 
     cross_process_wakeup.py BASE_URL [TRIES]     # e.g. http://127.0.0.1:9000
 
-TRIES rooms (default 10) each get a poll that waits idle; then one post per room, spaced out,
-is timed from just before the POST to the poll's response. Prints every time and the median;
-exits non-zero unless every message was delivered and the median is within 100 ms.
+TRIES rooms (default 10) each get a poll that waits idle; then one post per room, spaced out.
+Each try is timed twice:
+- wake-up: from the post's 202 to the poll's response. The post rings the doorbell right
+  after its store commit, before answering, so this is the wake-up path's own latency plus
+  the poll's read; it may even be negative. This is what the 100 ms target is about: on moto
+  every DynamoDB request takes tens of milliseconds, which no wake-up path can help.
+- end to end: from just before the POST to the poll's response (the post's store work
+  included).
+Prints both medians and every try; exits non-zero unless every post got 202, every message
+was delivered, and the median wake-up is within 100 ms.
 """
 
 import json
@@ -66,13 +73,16 @@ class Try:
         status, _ = call("POST", self.messages, self.bob["token"],
                          {"to": self.alice["peer"], "type": "message", "data": text})
         self.result["status"] = status
+        self.result["answered"] = time.monotonic()
 
-    def latency_ms(self, text):
+    def latencies_ms(self, text):
+        """(wake-up, end to end) in ms, or None if the poll did not return the message."""
         self.poller.join(timeout=30)
         delivered = any(m.get("data") == text for m in self.result.get("body", {}).get("messages", []))
         if not delivered or "returned" not in self.result:
             return None
-        return (self.result["returned"] - self.result["sent"]) * 1000
+        returned = self.result["returned"]
+        return ((returned - self.result["answered"]) * 1000, (returned - self.result["sent"]) * 1000)
 
 
 def main():
@@ -93,20 +103,24 @@ def main():
         if room.result["status"] != 202:
             failures.append(f"try {index}: the post got {room.result['status']}")
         time.sleep(SPACING)
-    latencies = []
+    wakeups, ends = [], []
     for index, room in enumerate(rooms):
-        latency = room.latency_ms(f"wake-{index}")
-        if latency is None:
+        latencies = room.latencies_ms(f"wake-{index}")
+        if latencies is None:
             failures.append(f"try {index}: the poll did not return the message")
         else:
-            latencies.append(latency)
-    shown = ", ".join(f"{latency:.0f}" for latency in latencies)
-    median = statistics.median(latencies) if latencies else float("inf")
-    print(f"cross-process wake-up after {IDLE:.0f} s idle, post → poll response, {len(latencies)} "
-          f"tries: median {median:.1f} ms (each: {shown} ms)")
+            wakeups.append(latencies[0])
+            ends.append(latencies[1])
+    median = statistics.median(wakeups) if wakeups else float("inf")
+    end_median = statistics.median(ends) if ends else float("inf")
+    print(f"cross-process wake-up after {IDLE:.0f} s idle, {len(wakeups)} tries: "
+          f"202 → poll response median {median:.1f} ms "
+          f"(each: {', '.join(f'{value:.0f}' for value in wakeups)}); "
+          f"end to end (POST sent → poll response) median {end_median:.1f} ms "
+          f"(each: {', '.join(f'{value:.0f}' for value in ends)})")
     if median > TARGET_MS:
-        failures.append(f"median {median:.1f} ms is over {TARGET_MS:.0f} ms: the poll was not woken, "
-                        "it found the message on a fallback read")
+        failures.append(f"median wake-up {median:.1f} ms is over {TARGET_MS:.0f} ms: the poll was "
+                        "not woken, it found the message on a fallback read")
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
     sys.exit(1 if failures else 0)
