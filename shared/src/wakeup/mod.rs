@@ -37,6 +37,11 @@ use crate::config::Config;
 use crate::ids::{PeerId, RoomId};
 use crate::store::Doorbell;
 
+/// How long a write waits for its doorbells to be sent: a slow wake-up service must not hold
+/// the write's answer for long (on Lambda the sends must finish before the answer, as the
+/// environment may be frozen right after it).
+pub const RING_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Carries wake-ups to polls waiting in other processes. Received wake-ups go to the
 /// [`Wakeups`] the adapter was built with. Implementations are shared as `Arc<dyn Wakeup>`.
 #[async_trait]

@@ -29,7 +29,7 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::sync::Mutex;
 
-use super::{Listening, Wakeup, Wakeups, deliver, payloads};
+use super::{Listening, RING_BUDGET, Wakeup, Wakeups, deliver, payloads};
 use crate::ids::RoomId;
 use crate::store::Doorbell;
 
@@ -43,9 +43,6 @@ const VISIBILITY_SECONDS: &str = "43200";
 const MAX_QUEUE_NAME: usize = 80;
 /// How long a poll waits for its process's queue to be created before it waits without it.
 const CREATE_BUDGET: Duration = Duration::from_secs(2);
-/// How long a post waits for its doorbells to be sent: a slow wake-up service must not
-/// hold the post's `202` for long.
-pub const RING_BUDGET: Duration = Duration::from_millis(500);
 /// The pause after a failed receive or create, so a broken service is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
