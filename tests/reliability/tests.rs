@@ -250,7 +250,11 @@ async fn serve_split(database: &std::path::Path, fault: WakeupFault) -> String {
     let split = tower::service_fn(move |request: axum::extract::Request| {
         let is_poll = request.method() == axum::http::Method::GET
             && request.uri().path().ends_with("/messages");
-        let router = if is_poll { poller.clone() } else { poster.clone() };
+        let router = if is_poll {
+            poller.clone()
+        } else {
+            poster.clone()
+        };
         router.oneshot(request)
     });
     let router = axum::Router::new().fallback_service(split);

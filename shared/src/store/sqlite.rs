@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    Departures, Doorbell, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store, StoreError, Timing,
-    distinct_recipients, resolve_recipients,
+    Departures, Doorbell, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store, StoreError,
+    Timing, distinct_recipients, resolve_recipients,
 };
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
@@ -191,7 +191,9 @@ fn doorbells(
         return Ok(Vec::new());
     }
     let mut statement = transaction
-        .prepare_cached("SELECT peer, waits_at FROM members WHERE room = ?1 AND waits_at IS NOT NULL")
+        .prepare_cached(
+            "SELECT peer, waits_at FROM members WHERE room = ?1 AND waits_at IS NOT NULL",
+        )
         .map_err(unavailable)?;
     let rows = statement
         .query_map(params![room.as_str()], |row| {

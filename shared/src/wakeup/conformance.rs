@@ -70,7 +70,11 @@ pub async fn a_doorbell_wakes_only_the_named_inboxes_in_the_other_process(
     poster: &Process,
     poller: &Process,
 ) {
-    let listening = poller.adapter.listen().await.expect("the poller has an address");
+    let listening = poller
+        .adapter
+        .listen()
+        .await
+        .expect("the poller has an address");
     let room = room();
     let (alice, bob) = (PeerId::mint(), PeerId::mint());
     let bob_subscription = poller.wakeups.subscribe(&room, &bob);
@@ -89,7 +93,10 @@ pub async fn a_doorbell_wakes_only_the_named_inboxes_in_the_other_process(
         poster.adapter.ring(&room, std::slice::from_ref(&doorbell)),
     )
     .await;
-    assert!(waited.is_some(), "alice's poll in the other process was not woken");
+    assert!(
+        waited.is_some(),
+        "alice's poll in the other process was not woken"
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(200), bob_woken)
             .await
@@ -99,7 +106,11 @@ pub async fn a_doorbell_wakes_only_the_named_inboxes_in_the_other_process(
 }
 
 pub async fn a_burst_of_doorbells_wakes_every_inbox(poster: &Process, poller: &Process) {
-    let listening = poller.adapter.listen().await.expect("the poller has an address");
+    let listening = poller
+        .adapter
+        .listen()
+        .await
+        .expect("the poller has an address");
     let room = room();
     let peers: Vec<PeerId> = (0..5).map(|_| PeerId::mint()).collect();
     let subscriptions: Vec<_> = peers
@@ -122,7 +133,10 @@ pub async fn a_burst_of_doorbells_wakes_every_inbox(poster: &Process, poller: &P
         .collect();
     poster.adapter.ring(&room, &doorbells[..2]).await;
     for doorbell in &doorbells[2..] {
-        poster.adapter.ring(&room, std::slice::from_ref(doorbell)).await;
+        poster
+            .adapter
+            .ring(&room, std::slice::from_ref(doorbell))
+            .await;
     }
     for (index, woken) in waiting.into_iter().enumerate() {
         assert!(

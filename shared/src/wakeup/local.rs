@@ -90,7 +90,6 @@ impl Wakeups {
     }
 }
 
-
 /// The wake-up path of a process that shares its store with no other: nothing leaves the
 /// process, so polls have no address to record and rely on their fallback store reads for
 /// any write made elsewhere.

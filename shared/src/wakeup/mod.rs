@@ -18,13 +18,13 @@
 //! until the poll's next fallback read ([`PollSchedule::WITH_WAKEUPS`]), and a failing
 //! wake-up path never fails the write that rang it.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod local;
 mod schedule;
 #[cfg(unix)]
 pub mod socket;
 pub mod sqs;
-#[cfg(any(test, feature = "conformance"))]
-pub mod conformance;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

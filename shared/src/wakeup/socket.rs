@@ -190,7 +190,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_database_path_too_long_for_a_socket_gets_a_short_directory() {
-        let long = Path::new("/tmp").join("x".repeat(120)).join("signalpost.db");
+        let long = Path::new("/tmp")
+            .join("x".repeat(120))
+            .join("signalpost.db");
         let adapter = SocketWakeup::beside(&long, Arc::default());
         assert!(adapter.directory.as_os_str().len() < MAX_SOCKET_PATH - 27);
         let listening = adapter.listen().await.expect("bound");

@@ -187,7 +187,10 @@ impl Shared {
             .client
             .create_queue()
             .queue_name(&self.name)
-            .attributes(QueueAttributeName::MessageRetentionPeriod, RETENTION_SECONDS)
+            .attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                RETENTION_SECONDS,
+            )
             .attributes(QueueAttributeName::VisibilityTimeout, VISIBILITY_SECONDS)
             .send()
             .await;
@@ -380,7 +383,9 @@ mod tests {
         let poller = SqsWakeup::connect(&table, Arc::clone(&poller_wakeups))
             .await
             .expect("valid");
-        let poster = SqsWakeup::connect(&table, Arc::default()).await.expect("valid");
+        let poster = SqsWakeup::connect(&table, Arc::default())
+            .await
+            .expect("valid");
         let listening = poller.listen().await.expect("queue created");
         poller.close().await; // deletes the queue under the running receiver
         let room = RoomId::parse("deleted").expect("valid");
@@ -405,7 +410,10 @@ mod tests {
                 .await
                 .is_ok();
         }
-        assert!(arrived, "wake-ups did not resume after the queue was deleted");
+        assert!(
+            arrived,
+            "wake-ups did not resume after the queue was deleted"
+        );
         assert!(poller.counts().create >= 2, "the queue was created again");
         drop(listening);
         poller.close().await;
@@ -413,11 +421,18 @@ mod tests {
 
     #[test]
     fn queue_names_derive_from_the_table_and_fit_sqs() {
-        assert_eq!(queue_prefix("signalpost-Table-1A2B").as_deref(), Ok("signalpost-Table-1A2B-wake-"));
+        assert_eq!(
+            queue_prefix("signalpost-Table-1A2B").as_deref(),
+            Ok("signalpost-Table-1A2B-wake-")
+        );
         assert!(queue_prefix("with.dot").is_err());
         assert!(queue_prefix(&"t".repeat(60)).is_err());
         let adapter = SqsWakeup::from_client(
-            Client::from_conf(aws_sdk_sqs::Config::builder().behavior_version(BehaviorVersion::latest()).build()),
+            Client::from_conf(
+                aws_sdk_sqs::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .build(),
+            ),
             &"t".repeat(48),
             Arc::default(),
         )

@@ -1,7 +1,8 @@
-//! The DynamoDB store's figures, against the DynamoDB-compatible endpoint of the AWS variables
-//! (run through `tests/with-moto.sh`). Two signalling instances in this process share one
-//! table but not their in-process wake-ups, as two Lambda instances would: a post on one
-//! reaches a poll on the other only through the poll's adaptive reads of the store.
+//! The DynamoDB store's figures, against the DynamoDB- and SQS-compatible endpoints of the AWS
+//! variables (run through `tests/with-moto.sh`). Two signalling instances in this process
+//! share one table but not their in-process wake-ups, as two Lambda instances would: a post on
+//! one reaches a poll on the other through the SQS wake-up queue of the poll's instance (or,
+//! failing that, the poll's fallback reads of the store).
 //!
 //! Reported: delivery latency during an active exchange; DynamoDB requests per delivered
 //! message in a realistic negotiation; and requests per idle waiting peer per minute.
@@ -16,11 +17,14 @@ use signalpost_shared::http::{Function, api_router};
 use signalpost_shared::signalling::Signalling;
 use signalpost_shared::store::Store;
 use signalpost_shared::store::dynamo::{DynamoStore, RequestCounts};
+use signalpost_shared::wakeup::sqs::SqsWakeup;
+use signalpost_shared::wakeup::{Wakeup, Wakeups};
 
 use crate::latency::{self, Peer, join};
 
-/// Serves the API over `store` on a free loopback port; returns its base URL.
-async fn instance(store: Arc<dyn Store>) -> String {
+/// Serves the API over `store` on a free loopback port, with its own SQS wake-up queue;
+/// returns its base URL and the adapter (for its request counts).
+async fn instance(store: Arc<dyn Store>, table: &str) -> (String, Arc<SqsWakeup>) {
     // One sender posts back to back here: lift the flood limit, as for the standalone bench.
     let vars = HashMap::from([
         ("SIGNALPOST_SECRET", "benchmark-secret"),
@@ -30,13 +34,37 @@ async fn instance(store: Arc<dyn Store>) -> String {
         vars.get(name).map(|value| (*value).to_owned())
     })
     .expect("valid configuration");
-    let router = api_router(Arc::new(Signalling::new(config, store)), &Function::ALL);
+    let wakeups = Arc::new(Wakeups::default());
+    let sqs = Arc::new(
+        SqsWakeup::connect(table, Arc::clone(&wakeups))
+            .await
+            .expect("SQS endpoint (run through tests/with-moto.sh)"),
+    );
+    let adapter: Arc<dyn Wakeup> = Arc::clone(&sqs) as Arc<dyn Wakeup>;
+    let router = api_router(
+        Arc::new(Signalling::with_wakeup(config, store, wakeups, adapter)),
+        &Function::ALL,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
-    base
+    (base, sqs)
+}
+
+/// SQS requests of both instances.
+fn sqs_total(instances: &[&Arc<SqsWakeup>]) -> (u64, u64, u64) {
+    instances
+        .iter()
+        .fold((0, 0, 0), |(create, receive, send), sqs| {
+            let counts = sqs.counts();
+            (
+                create + counts.create,
+                receive + counts.receive,
+                send + counts.send,
+            )
+        })
 }
 
 fn per(count: u64, messages: usize) -> f64 {
@@ -130,13 +158,14 @@ async fn negotiation(post_base: &str, poll_base: &str) -> usize {
 /// Runs the three measurements and prints their table.
 pub async fn run(messages: usize, idle_peers: usize, idle_seconds: u64) {
     let table = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let store = DynamoStore::connect(table)
+    let store = DynamoStore::connect(table.clone())
         .await
         .expect("DynamoDB endpoint (run through tests/with-moto.sh)");
     store.create_table().await.expect("table created");
     let shared: Arc<dyn Store> = Arc::new(store.clone());
-    let posting = instance(Arc::clone(&shared)).await;
-    let polling = instance(shared).await;
+    let (posting, posting_sqs) = instance(Arc::clone(&shared), &table).await;
+    let (polling, polling_sqs) = instance(shared, &table).await;
+    let both = [&posting_sqs, &polling_sqs];
 
     let before = store.request_counts();
     let figures = latency::run_split(&posting, &polling, 2, messages).await;
@@ -151,20 +180,24 @@ pub async fn run(messages: usize, idle_peers: usize, idle_seconds: u64) {
     );
 
     let before = store.request_counts();
+    let sqs_before = sqs_total(&both);
     let rounds = 5;
     let mut delivered = 0;
     for _ in 0..rounds {
         delivered += negotiation(&posting, &polling).await;
     }
     let (reads, writes) = since(before, store.request_counts());
+    let sqs_after = sqs_total(&both);
     println!(
-        "| negotiation (offer, answer, 20 candidates each way in batches) | delivered | reads/message | writes/message |"
+        "| negotiation (offer, answer, 20 candidates each way in batches) | delivered | DynamoDB reads/message | DynamoDB writes/message | SQS sends/message | SQS receives/message |"
     );
-    println!("|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     println!(
-        "| {rounds} rounds, 2 peers, 2 instances, joins included | {delivered} | {:.2} | {:.2} |\n",
+        "| {rounds} rounds, 2 peers, 2 instances, joins included | {delivered} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
         per(reads, delivered),
-        per(writes, delivered)
+        per(writes, delivered),
+        per(sqs_after.2 - sqs_before.2, delivered),
+        per(sqs_after.1 - sqs_before.1, delivered)
     );
 
     let http = reqwest::Client::new();
@@ -201,18 +234,25 @@ pub async fn run(messages: usize, idle_peers: usize, idle_seconds: u64) {
     // Let the first poll's eager phase pass: a fresh join counts as activity.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let before = store.request_counts();
+    let sqs_before = sqs_total(&both);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
     let (reads, writes) = since(before, store.request_counts());
+    let sqs_after = sqs_total(&both);
+    let sqs_requests =
+        (sqs_after.0 + sqs_after.1 + sqs_after.2) - (sqs_before.0 + sqs_before.1 + sqs_before.2);
     let peer_minutes = idle_peers as f64 * started.elapsed().as_secs_f64() / 60.0;
     for poller in pollers {
         poller.abort();
     }
-    println!("| idle waiting peers | seconds | reads per peer-minute | writes per peer-minute |");
-    println!("|---:|---:|---:|---:|");
     println!(
-        "| {idle_peers} | {idle_seconds} | {:.1} | {:.1} |",
+        "| idle waiting peers | seconds | DynamoDB reads per peer-minute | DynamoDB writes per peer-minute | SQS requests per peer-minute |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {idle_peers} | {idle_seconds} | {:.1} | {:.1} | {:.2} |",
         reads as f64 / peer_minutes,
-        writes as f64 / peer_minutes
+        writes as f64 / peer_minutes,
+        sqs_requests as f64 / peer_minutes
     );
 }

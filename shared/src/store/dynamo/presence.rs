@@ -269,8 +269,12 @@ impl DynamoStore {
     ) -> Result<Seq, StoreError> {
         // Recording where the poll waits rides on the update every poll makes anyway.
         let present = match waits_at {
-            Some(_) => "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds, waitsAt = :waitsAt",
-            None => "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds",
+            Some(_) => {
+                "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds, waitsAt = :waitsAt"
+            }
+            None => {
+                "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds"
+            }
         };
         const ALIVE: &str = "attribute_exists(pk) AND expiresAtMs > :now";
         let member_key = key(room_pk(room), member_sk(peer));
