@@ -15,19 +15,23 @@ use crate::faults::{FaultPlan, FaultyStore, FaultyWakeup, WakeupFault};
 use crate::scenario::run_rooms;
 use crate::support::{SECRET, Server, Stop};
 
-/// Serves the whole API in this process over `store`, on a free loopback port.
-async fn serve_in_process(store: Arc<dyn Store>) -> String {
+/// The configuration of the in-process servers.
+fn test_config() -> Config {
     // The scenario's caller polls only once it has sent everything; on a slow local DynamoDB
     // with injected faults that can take longer than the default 60 s presence timeout.
     let vars: HashMap<&str, &str> = HashMap::from([
         ("SIGNALPOST_SECRET", SECRET),
         ("SIGNALPOST_PRESENCE_TIMEOUT", "600"),
     ]);
-    let config = Config::from_lookup(Deployment::Standalone, |name| {
+    Config::from_lookup(Deployment::Standalone, |name| {
         vars.get(name).map(|value| (*value).to_owned())
     })
-    .expect("valid configuration");
-    let router = standalone_router(Arc::new(Signalling::new(config, store)));
+    .expect("valid configuration")
+}
+
+/// Serves the whole API in this process over `store`, on a free loopback port.
+async fn serve_in_process(store: Arc<dyn Store>) -> String {
+    let router = standalone_router(Arc::new(Signalling::new(test_config(), store)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -221,14 +225,7 @@ async fn serve_split(database: &std::path::Path, fault: WakeupFault) -> String {
     use signalpost_shared::wakeup::{Wakeup, Wakeups, socket::SocketWakeup};
     use tower::ServiceExt;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(database).expect("database"));
-    let vars: HashMap<&str, &str> = HashMap::from([
-        ("SIGNALPOST_SECRET", SECRET),
-        ("SIGNALPOST_PRESENCE_TIMEOUT", "600"),
-    ]);
-    let config = Config::from_lookup(Deployment::Standalone, |name| {
-        vars.get(name).map(|value| (*value).to_owned())
-    })
-    .expect("valid configuration");
+    let config = test_config();
     let process = |faulty: bool| {
         let wakeups = Arc::new(Wakeups::default());
         let socket: Arc<dyn Wakeup> =
