@@ -178,7 +178,7 @@ impl Wakeup for FaultyWakeup {
                 tokio::time::sleep(delay).await;
                 self.inner.ring(room, doorbells).await;
             }
-            WakeupFault::Dropping if call % 2 == 0 => {}
+            WakeupFault::Dropping if call.is_multiple_of(2) => {}
             WakeupFault::Dropping => self.inner.ring(room, doorbells).await,
         }
     }
