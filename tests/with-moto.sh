@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs a command against a throw-away DynamoDB-compatible server (moto) on loopback:
+# Runs a command against throw-away DynamoDB- and SQS-compatible servers (moto) on loopback:
 #   tests/with-moto.sh cargo test -p signalpost-shared
 # moto is installed into <repo>/target/venv-moto on first use, so a clean CI machine needs
 # nothing but python3. The server is stopped when the command ends, whatever its outcome,
@@ -55,34 +55,50 @@ run_simple(
 PY
 moto_pid=$!
 
+# SQS (the wake-ups) gets a moto of its own, served on many threads: a ReceiveMessage waits up
+# to 20 s for a message, which would hold up every DynamoDB request on the one-at-a-time
+# server above.
+sqs_port="$("$venv/bin/python" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()')"
+sqs_log="$(mktemp -t moto-sqs.XXXXXX.log)"
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$sqs_port" >"$sqs_log" 2>&1 &
+sqs_pid=$!
+
 stop_moto() {
-    kill "$moto_pid" 2>/dev/null || true
-    wait "$moto_pid" 2>/dev/null || true
-    rm -f "$log"
+    kill "$moto_pid" "$sqs_pid" 2>/dev/null || true
+    wait "$moto_pid" "$sqs_pid" 2>/dev/null || true
+    rm -f "$log" "$sqs_log"
 }
 trap stop_moto EXIT
 
+# Waits (bounded) until the moto with pid $1 answers on $2; prints its log $3 if it does not.
+wait_for_moto() {
+    for _ in $(seq 1 100); do
+        if ! kill -0 "$1" 2>/dev/null; then
+            break
+        fi
+        if "$venv/bin/python" -c 'import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=1)' "$2" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "with-moto: moto_server did not start on $2; its log:" >&2
+    cat "$3" >&2
+    return 1
+}
+
 endpoint="http://127.0.0.1:$port"
-ready=""
-for _ in $(seq 1 100); do
-    if ! kill -0 "$moto_pid" 2>/dev/null; then
-        break
-    fi
-    if "$venv/bin/python" -c 'import sys, urllib.request
-urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=1)' "$endpoint" 2>/dev/null; then
-        ready=yes
-        break
-    fi
-    sleep 0.2
-done
-if [ -z "$ready" ]; then
-    echo "with-moto: moto_server did not start on $endpoint; its log:" >&2
-    cat "$log" >&2
-    exit 1
-fi
+sqs_endpoint="http://127.0.0.1:$sqs_port"
+wait_for_moto "$moto_pid" "$endpoint" "$log" || exit 1
+wait_for_moto "$sqs_pid" "$sqs_endpoint" "$sqs_log" || exit 1
 
 export AWS_ENDPOINT_URL_DYNAMODB="$endpoint"
 export SIGNALPOST_TEST_DYNAMODB_ENDPOINT="$endpoint"
+export AWS_ENDPOINT_URL_SQS="$sqs_endpoint"
 export AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=testing
 export AWS_SECRET_ACCESS_KEY=testing

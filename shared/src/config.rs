@@ -86,6 +86,9 @@ pub struct Config {
     pub turn: Option<TurnConfig>,
     /// Serve the demo page from this directory instead of the copy built in (development).
     pub web_dir: Option<PathBuf>,
+    /// Wake polls in other processes sharing the store (`SIGNALPOST_WAKEUPS`, default on):
+    /// SQS beside DynamoDB, Unix sockets beside SQLite.
+    pub wakeups: bool,
 }
 
 /// A variable with a value the server cannot use.
@@ -268,6 +271,7 @@ impl Config {
             stun_urls: list("SIGNALPOST_STUN_URLS"),
             turn,
             web_dir: var("SIGNALPOST_WEB_DIR").map(PathBuf::from),
+            wakeups: var("SIGNALPOST_WAKEUPS").is_none() || boolean(&var, "SIGNALPOST_WAKEUPS")?,
         })
     }
 }

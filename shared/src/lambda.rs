@@ -170,7 +170,9 @@ async fn start(function: Function) -> Result<axum::Router, String> {
         ),
     }
     let embedded = config.table.is_none();
-    let signalling = Arc::new(Signalling::new(config, store));
+    // Wake-ups between execution environments (SQS beside DynamoDB, Unix sockets beside
+    // SQLite under `cargo lambda watch`).
+    let signalling = Arc::new(Signalling::open(config, store).await);
     if embedded {
         // Under `cargo lambda watch` nothing else cleans the shared file; the store's lease
         // lets one function process at a time do it. (On AWS the store is DynamoDB, whose TTL

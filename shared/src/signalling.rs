@@ -21,9 +21,9 @@ use crate::ids::{MessageId, PeerId, RoomId};
 use crate::limits::JoinLimits;
 use crate::message::{Outgoing, StoredMessage};
 use crate::poll_slots::PollSlots;
-use crate::store::{Departures, JoinRequest, PostRequest, RateLimit, Store, Timing};
+use crate::store::{Departures, Doorbell, JoinRequest, PostRequest, RateLimit, Store, Timing};
 use crate::token::{PeerGrant, TokenError, TokenKeys};
-use crate::wakeup::{PollSchedule, SweepSchedule, Wakeups};
+use crate::wakeup::{self, InProcess, PollSchedule, SweepSchedule, Wakeup, Wakeups};
 
 /// Most messages one poll returns.
 pub const MAX_MESSAGES_PER_POLL: usize = 100;
@@ -34,8 +34,16 @@ pub const MAX_MESSAGES_PER_POLL: usize = 100;
 pub const MAX_POLL_BYTES: usize = 256 * 1024;
 /// What a message costs in a poll response besides its data: ids, type, time, JSON syntax.
 const MESSAGE_OVERHEAD_BYTES: usize = 256;
-/// How often the polls of one room (in one process) check it for peers that stopped polling.
+/// The shortest time between two sweeps of one room for peers that stopped polling, by the
+/// polls of one process. A sweep also says when the next one is due: when the first
+/// remaining member could time out.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an empty read keeps being repeated quickly after a wake-up, or after `touch`
+/// showed the inbox head past the cursor: a writer allocated positions it has not yet
+/// committed (DynamoDB), which takes milliseconds, or the gap timeout at worst.
+const EAGER_AFTER_SIGN: Duration = Duration::from_millis(2500);
+/// The pause between those quick reads.
+const EAGER_INTERVAL: Duration = Duration::from_millis(50);
 /// The default long-poll wait when the client names none.
 const DEFAULT_WAIT: u64 = 20;
 /// How often the embedded store drops expired messages and silent peers.
@@ -48,7 +56,10 @@ pub struct Signalling {
     config: Config,
     store: Arc<dyn Store>,
     keys: TokenKeys,
-    wakeups: Wakeups,
+    /// Polls waiting in this process.
+    wakeups: Arc<Wakeups>,
+    /// The path to polls waiting in other processes.
+    wakeup: Arc<dyn Wakeup>,
     schedule: PollSchedule,
     sweeps: SweepSchedule,
     polls: PollSlots,
@@ -91,8 +102,27 @@ pub struct Polled {
 }
 
 impl Signalling {
-    /// The service over `store`, configured by `config`.
+    /// The service over `store`, configured by `config`, waking only polls of this process
+    /// at once (polls elsewhere find writes by their fallback reads).
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        Self::with_wakeup(config, store, Arc::default(), Arc::new(InProcess))
+    }
+
+    /// The service with the wake-up adapter the configuration calls for (see
+    /// [`wakeup::open`]).
+    pub async fn open(config: Config, store: Arc<dyn Store>) -> Self {
+        let wakeups = Arc::new(Wakeups::default());
+        let adapter = wakeup::open(&config, Arc::clone(&wakeups)).await;
+        Self::with_wakeup(config, store, wakeups, adapter)
+    }
+
+    /// The service with a given wake-up adapter, which delivers into `wakeups`.
+    pub fn with_wakeup(
+        config: Config,
+        store: Arc<dyn Store>,
+        wakeups: Arc<Wakeups>,
+        wakeup: Arc<dyn Wakeup>,
+    ) -> Self {
         let joins = JoinLimits::new(
             NonZeroU32::new(config.join_limit).unwrap_or(NonZeroU32::MIN),
             config.max_peers,
@@ -102,7 +132,8 @@ impl Signalling {
             keys: TokenKeys::new(config.secret.expose()),
             config,
             store,
-            wakeups: Wakeups::default(),
+            wakeups,
+            wakeup,
             schedule: PollSchedule::default(),
             sweeps: SweepSchedule::new(SWEEP_INTERVAL),
             polls: PollSlots::default(),
@@ -180,7 +211,8 @@ impl Signalling {
             .await?;
         self.wakeups
             .wake(&room, joined.others.iter().map(|member| &member.peer));
-        self.wake_departures(&room, &joined.departures);
+        self.ring(&room, &joined.doorbells).await;
+        self.wake_departures(&room, &joined.departures).await;
 
         let expires_at =
             timing.now / 1000 + i64::try_from(self.config.token_ttl).unwrap_or(i64::MAX);
@@ -227,6 +259,7 @@ impl Signalling {
             })
             .await?;
         self.wakeups.wake(&grant.room, &posted.recipients);
+        self.ring(&grant.room, &posted.doorbells).await;
         Ok(posted.ids)
     }
 
@@ -248,6 +281,11 @@ impl Signalling {
 
     /// The long poll: returns as soon as the grant's inbox has messages after `after`, or
     /// empty once `wait` has passed (or the server is shutting down).
+    ///
+    /// The poll subscribes to its inbox's wake-ups in this process, makes sure the process
+    /// listens for wake-ups from others and records that address on its member with the
+    /// presence update, then reads only when there is reason to: `touch` showed something
+    /// past the cursor, a wake-up came, or the fallback schedule says so.
     pub async fn poll(
         &self,
         grant: &PeerGrant,
@@ -260,10 +298,22 @@ impl Signalling {
         let subscription = self.wakeups.subscribe(room, peer);
         let slot = self.polls.take(room, peer);
         let mut shutdown = self.shutdown.subscribe();
+        let listening = self.wakeup.listen().await;
+        let schedule = if listening.is_some() {
+            PollSchedule::WITH_WAKEUPS
+        } else {
+            self.schedule
+        };
         let after_seq = after.map_or(0, |cursor| cursor.seq);
         let head = self
             .store
-            .touch(room, peer, after_seq, now_millis())
+            .touch_waiting(
+                room,
+                peer,
+                after_seq,
+                now_millis(),
+                listening.as_ref().map(|listening| &*listening.address),
+            )
             .await?;
         if after_seq > head {
             return Err(ApiError::InvalidRequest(
@@ -271,8 +321,18 @@ impl Signalling {
                     .into(),
             ));
         }
-        // A first poll counts as activity: a negotiation usually follows a join.
+        // A first poll counts as activity: a negotiation usually follows a join. A cursor's
+        // activity is the client's word: never later than now.
         let activity = after.map_or_else(now_millis, |cursor| cursor.activity_until(now_millis()));
+        let quiet = || Duration::from_millis(u64::try_from(now_millis() - activity).unwrap_or(0));
+        // Nothing past the cursor: no read until a wake-up or the fallback.
+        let (mut next_read, mut eager_until) = if head > after_seq {
+            (started, started + EAGER_AFTER_SIGN)
+        } else {
+            (started + schedule.interval(quiet()), started)
+        };
+        // How far an empty answer may move the cursor (past numbers that expired unread).
+        let mut through = after_seq;
         let mut first_wait = true;
         loop {
             let woken = subscription.notify().notified();
@@ -281,40 +341,46 @@ impl Signalling {
             if self.sweeps.due(room) {
                 self.sweep(room).await?;
             }
-            let mut read = self
-                .store
-                .read(room, peer, after_seq, MAX_MESSAGES_PER_POLL, now_millis())
-                .await?;
-            keep_within_budget(&mut read.messages, MAX_POLL_BYTES);
             let now = Instant::now();
-            if let Some(last) = read.messages.last() {
-                // The last message kept, not `read.through`: the byte budget may have left
-                // some for the next poll.
-                let cursor = Cursor {
-                    seq: last.seq,
-                    activity: last.sent_at,
-                };
-                return Ok(Polled {
-                    messages: read.messages,
-                    cursor,
-                });
+            if now >= next_read {
+                let mut read = self
+                    .store
+                    .read(room, peer, after_seq, MAX_MESSAGES_PER_POLL, now_millis())
+                    .await?;
+                keep_within_budget(&mut read.messages, MAX_POLL_BYTES);
+                if let Some(last) = read.messages.last() {
+                    // The last message kept, not `read.through`: the byte budget may have
+                    // left some for the next poll.
+                    let cursor = Cursor {
+                        seq: last.seq,
+                        activity: last.sent_at,
+                    };
+                    return Ok(Polled {
+                        messages: read.messages,
+                        cursor,
+                    });
+                }
+                through = through.max(read.through);
+                let now = Instant::now();
+                next_read = now
+                    + if now < eager_until {
+                        EAGER_INTERVAL
+                    } else {
+                        schedule.interval(quiet())
+                    };
             }
+            let now = Instant::now();
             if now >= deadline || *shutdown.borrow() {
                 // Past any expired numbers: acknowledging them frees the inbox for good.
                 let cursor = Cursor {
-                    seq: read.through,
+                    seq: through,
                     activity,
                 };
                 return Ok(Polled {
-                    messages: read.messages,
+                    messages: Vec::new(),
                     cursor,
                 });
             }
-            let quiet = Duration::from_millis(u64::try_from(now_millis() - activity).unwrap_or(0));
-            // Sweeps ride on the next scheduled read rather than waking the poll themselves:
-            // an idle poll then costs one store read per interval plus one sweep per
-            // SWEEP_INTERVAL, not an extra read after every sweep.
-            let pause = self.schedule.interval(quiet).min(deadline - now);
             if first_wait {
                 // From here on only a wake-up or a later read returns the poll: tests that
                 // time wake-ups across processes wait for this event before they post
@@ -322,9 +388,16 @@ impl Signalling {
                 tracing::debug!(%room, %peer, "long poll waiting");
                 first_wait = false;
             }
+            // Sweeps ride on the poll's own timer: an idle poll costs its fallback reads plus
+            // a sweep when a member could have timed out, not an extra read after each.
+            let until = next_read.min(deadline).min(self.sweeps.next_due(room));
             tokio::select! {
-                () = &mut woken => {}
-                () = tokio::time::sleep(pause) => {}
+                () = &mut woken => {
+                    let now = Instant::now();
+                    next_read = now;
+                    eager_until = now + EAGER_AFTER_SIGN;
+                }
+                () = tokio::time::sleep_until(until.into()) => {}
                 _ = shutdown.changed() => {}
                 () = slot.superseded() => {
                     let cursor = Cursor { seq: after_seq, activity };
@@ -336,13 +409,26 @@ impl Signalling {
 
     async fn sweep(&self, room: &RoomId) -> Result<(), ApiError> {
         let departures = self.store.sweep(room, self.timing()).await?;
-        self.wake_departures(room, &departures);
+        self.sweeps.swept(room, departures.stale_at);
+        self.wake_departures(room, &departures).await;
         Ok(())
     }
 
-    fn wake_departures(&self, room: &RoomId, departures: &Departures) {
+    async fn wake_departures(&self, room: &RoomId, departures: &Departures) {
         if !departures.gone.is_empty() {
             self.wakeups.wake(room, &departures.notified);
+            self.ring(room, &departures.doorbells).await;
+        }
+    }
+
+    /// Rings the doorbells of polls in other processes; never fails the write that rang.
+    async fn ring(&self, room: &RoomId, doorbells: &[Doorbell]) {
+        if !doorbells.is_empty()
+            && tokio::time::timeout(wakeup::RING_BUDGET, self.wakeup.ring(room, doorbells))
+                .await
+                .is_err()
+        {
+            tracing::debug!("wake-ups took too long to send; left to the fallback reads");
         }
     }
 
@@ -352,7 +438,7 @@ impl Signalling {
             .store
             .leave(&grant.room, &grant.peer, self.timing())
             .await?;
-        self.wake_departures(&grant.room, &departures);
+        self.wake_departures(&grant.room, &departures).await;
         Ok(())
     }
 
@@ -414,7 +500,7 @@ impl Signalling {
     pub async fn housekeeping(&self) -> Result<(), ApiError> {
         self.joins.forget_idle();
         for (room, departures) in self.store.housekeeping(self.timing()).await? {
-            self.wake_departures(&room, &departures);
+            self.wake_departures(&room, &departures).await;
         }
         Ok(())
     }
@@ -423,6 +509,11 @@ impl Signalling {
     /// so a graceful shutdown does not wait out 25-second polls.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Gives back the wake-up adapter's queue or socket; call once polls have ended.
+    pub async fn close(&self) {
+        self.wakeup.close().await;
     }
 }
 

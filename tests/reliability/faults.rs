@@ -1,6 +1,7 @@
 //! A store that fails on purpose: every n-th call fails before reaching the real store, every
 //! m-th fails after it committed (the client sees an error for work that was done, and must
 //! retry without duplicating it), and every k-th stalls before failing, as a timeout would.
+//! And a wake-up path that is down, slow or drops doorbells.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +11,10 @@ use async_trait::async_trait;
 use signalpost_shared::clock::Millis;
 use signalpost_shared::ids::{PeerId, RoomId};
 use signalpost_shared::store::{
-    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing,
+    Departures, Doorbell, InboxRead, JoinRequest, Joined, PostRequest, Posted, Seq, Store,
+    StoreError, Timing,
 };
+use signalpost_shared::wakeup::{Listening, Wakeup};
 
 /// Which calls fail.
 pub struct FaultPlan {
@@ -127,5 +130,56 @@ impl Store for FaultyStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         self.inner.health().await
+    }
+}
+
+/// How a wake-up path misbehaves.
+#[derive(Clone, Copy, Debug)]
+pub enum WakeupFault {
+    /// Sends nothing, and the receiving side has no address: every wake-up is lost.
+    Down,
+    /// Every doorbell takes this long to send.
+    Slow(Duration),
+    /// Every other doorbell is dropped.
+    Dropping,
+}
+
+/// Wraps a wake-up adapter with a [`WakeupFault`].
+pub struct FaultyWakeup {
+    pub inner: Arc<dyn Wakeup>,
+    pub fault: WakeupFault,
+    rung: AtomicU64,
+}
+
+impl FaultyWakeup {
+    pub fn new(inner: Arc<dyn Wakeup>, fault: WakeupFault) -> Self {
+        Self {
+            inner,
+            fault,
+            rung: AtomicU64::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Wakeup for FaultyWakeup {
+    async fn listen(&self) -> Option<Listening> {
+        match self.fault {
+            WakeupFault::Down => None,
+            _ => self.inner.listen().await,
+        }
+    }
+
+    async fn ring(&self, room: &RoomId, doorbells: &[Doorbell]) {
+        let call = self.rung.fetch_add(1, Ordering::Relaxed);
+        match self.fault {
+            WakeupFault::Down => {}
+            WakeupFault::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                self.inner.ring(room, doorbells).await;
+            }
+            WakeupFault::Dropping if call.is_multiple_of(2) => {}
+            WakeupFault::Dropping => self.inner.ring(room, doorbells).await,
+        }
     }
 }

@@ -11,7 +11,7 @@ use signalpost_shared::signalling::Signalling;
 use signalpost_shared::store::Store;
 use signalpost_shared::store::sqlite::SqliteStore;
 
-use crate::faults::{FaultPlan, FaultyStore};
+use crate::faults::{FaultPlan, FaultyStore, FaultyWakeup, WakeupFault};
 use crate::scenario::run_rooms;
 use crate::support::{SECRET, Server, Stop};
 
@@ -22,19 +22,23 @@ const ONE_ADDRESS_LOAD: [(&str, &str); 2] = [
     ("SIGNALPOST_MAX_CLIENT_CONNECTIONS", "100000"),
 ];
 
-/// Serves the whole API in this process over `store`, on a free loopback port.
-async fn serve_in_process(store: Arc<dyn Store>) -> String {
+/// The configuration of the in-process servers.
+fn test_config() -> Config {
     // The scenario's caller polls only once it has sent everything; on a slow local DynamoDB
     // with injected faults that can take longer than the default 60 s presence timeout.
     let vars: HashMap<&str, &str> = HashMap::from([
         ("SIGNALPOST_SECRET", SECRET),
         ("SIGNALPOST_PRESENCE_TIMEOUT", "600"),
     ]);
-    let config = Config::from_lookup(Deployment::Standalone, |name| {
+    Config::from_lookup(Deployment::Standalone, |name| {
         vars.get(name).map(|value| (*value).to_owned())
     })
-    .expect("valid configuration");
-    let router = standalone_router(Arc::new(Signalling::new(config, store)));
+    .expect("valid configuration")
+}
+
+/// Serves the whole API in this process over `store`, on a free loopback port.
+async fn serve_in_process(store: Arc<dyn Store>) -> String {
+    let router = standalone_router(Arc::new(Signalling::new(test_config(), store)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -235,4 +239,74 @@ async fn a_soak_keeps_memory_files_and_the_database_flat() {
         bytes.1 <= bytes.0 * 3 / 2 + 65_536,
         "the database keeps growing: {bytes:?}"
     );
+}
+
+/// Two "processes" over one SQLite file, each with its own wake-ups: every poll goes to the
+/// second, everything else to the first, so each message reaches its poll only through the
+/// cross-process wake-up path (here behind `fault`) or the poll's fallback reads.
+async fn serve_split(database: &std::path::Path, fault: WakeupFault) -> String {
+    use signalpost_shared::wakeup::{Wakeup, Wakeups, socket::SocketWakeup};
+    use tower::ServiceExt;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(database).expect("database"));
+    let config = test_config();
+    let process = |faulty: bool| {
+        let wakeups = Arc::new(Wakeups::default());
+        let socket: Arc<dyn Wakeup> =
+            Arc::new(SocketWakeup::beside(database, Arc::clone(&wakeups)));
+        let adapter: Arc<dyn Wakeup> = if faulty {
+            Arc::new(FaultyWakeup::new(socket, fault))
+        } else {
+            socket
+        };
+        standalone_router(Arc::new(Signalling::with_wakeup(
+            config.clone(),
+            Arc::clone(&store),
+            wakeups,
+            adapter,
+        )))
+    };
+    // The fault sits on both sides: the poster's sending and the poller's listening.
+    let (poster, poller) = (process(true), process(true));
+    let split = tower::service_fn(move |request: axum::extract::Request| {
+        let is_poll = request.method() == axum::http::Method::GET
+            && request.uri().path().ends_with("/messages");
+        let router = if is_poll {
+            poller.clone()
+        } else {
+            poster.clone()
+        };
+        router.oneshot(request)
+    });
+    let router = axum::Router::new().fallback_service(split);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_wakeup_path_costs_latency_not_messages() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let faults = [
+        WakeupFault::Down,
+        WakeupFault::Slow(Duration::from_secs(3)),
+        WakeupFault::Dropping,
+    ];
+    let mut runs = Vec::new();
+    for (index, fault) in faults.into_iter().enumerate() {
+        let database = directory.path().join(format!("wakeups-{index}.db"));
+        runs.push(tokio::spawn(async move {
+            let base = serve_split(&database, fault).await;
+            (fault, run_rooms(&base, 4, 0).await)
+        }));
+    }
+    for run in runs {
+        let (fault, outcome) = run.await.expect("a run failed");
+        // run_rooms checks every stream position by position; a post that failed would have
+        // been retried, and none may be: the store never failed.
+        assert_eq!(outcome.retries, 0, "{fault:?}: posts failed: {outcome:?}");
+        assert!(outcome.delivered > 0, "{fault:?}: {outcome:?}");
+    }
 }

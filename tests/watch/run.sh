@@ -74,12 +74,8 @@ start_watch() {
     local port
     port="$(free_port)"
     base="http://127.0.0.1:$port"
-    # The functions log when a long poll starts waiting (signalling=debug):
-    # cross_process_wakeup.py waits for that line before it posts.
-    printf 'RUST_LOG="warn,signalpost_shared::signalling=debug"\n' >"$watch_dir/functions.env"
     (cd "$watch_dir" && exec setsid cargo lambda watch --manifest-path "$root/Cargo.toml" \
         --invoke-address 127.0.0.1 --invoke-port "$port" --disable-cors --concurrency 16 \
-        --env-file "$watch_dir/functions.env" \
         --ignore-changes --quiet >"$watch_dir/watch.log" 2>&1 </dev/null) &
     watch_pid=$!
     for _ in $(seq 1 300); do
@@ -107,7 +103,7 @@ smoke() {
         grep -ci '^access-control-allow-origin:')"
     echo "preflight: $origins Access-Control-Allow-Origin header(s)"
     [ "$origins" = 1 ]
-    python3 "$root/tests/watch/cross_process_wakeup.py" "$base" "$watch_dir/watch.log"
+    python3 "$root/tests/watch/cross_process_wakeup.py" "$base"
     if [ -n "${2:-}" ]; then
         # $2: the recording proxy between the functions and moto, which can stall a writer.
         python3 "$root/tests/watch/stalled_writer.py" "$base" "$2"

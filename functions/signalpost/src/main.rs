@@ -141,7 +141,7 @@ async fn serve(config: Config) -> Result<(), String> {
         // Behind a proxy every connection comes from it: only the total applies.
         per_client: (!config.trust_proxy).then_some(config.max_client_connections),
     };
-    let signalling = Arc::new(Signalling::new(config, store));
+    let signalling = Arc::new(Signalling::open(config, store).await);
     let router = standalone_router(Arc::clone(&signalling));
 
     let housekeeping = signalling.spawn_housekeeping();
@@ -169,6 +169,8 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     signalpost_shared::http::serve::serve(listener, router, limits, shutdown).await;
     housekeeping.abort();
+    // Its wake-up socket or queue goes with it.
+    signalling.close().await;
     Ok(())
 }
 

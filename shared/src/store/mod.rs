@@ -37,6 +37,14 @@ pub async fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn S
 /// A position in one inbox: the sequence number of the last message read.
 pub type Seq = u64;
 
+/// A recipient whose long poll recorded where it waits (see [`Store::touch_waiting`]): the
+/// wake-up address to ring after a write, so that a poll in another process wakes at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Doorbell {
+    pub peer: PeerId,
+    pub address: String,
+}
+
 /// A member of a room, as the others see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -76,6 +84,8 @@ pub struct Joined {
     pub others: Vec<Member>,
     /// Members that had timed out and were removed first.
     pub departures: Departures,
+    /// Where the members told with `peer-joined` wait, for those that recorded it.
+    pub doorbells: Vec<Doorbell>,
 }
 
 /// A post of validated messages from `sender`, all or nothing.
@@ -125,6 +135,8 @@ pub struct Posted {
     pub ids: Vec<MessageId>,
     /// Inboxes that received something.
     pub recipients: Vec<PeerId>,
+    /// Where those recipients wait, for those that recorded it.
+    pub doorbells: Vec<Doorbell>,
 }
 
 /// What a read of an inbox found.
@@ -143,6 +155,11 @@ pub struct InboxRead {
 pub struct Departures {
     pub gone: Vec<PeerId>,
     pub notified: Vec<PeerId>,
+    /// Where the notified members wait, for those that recorded it.
+    pub doorbells: Vec<Doorbell>,
+    /// From a sweep: when the first remaining member times out unless it polls again, so
+    /// that the room need not be swept before then.
+    pub stale_at: Option<Millis>,
 }
 
 /// A store failure. The first five are answers to the request; the last three are the store's.
@@ -188,6 +205,21 @@ pub trait Store: Send + Sync + 'static {
         acked: Seq,
         now: Millis,
     ) -> Result<Seq, StoreError>;
+
+    /// [`Store::touch`], also recording `waits_at` (this poll's wake-up address) on the
+    /// member, so that writers learn where to ring from the member list they read anyway.
+    /// `None` leaves a recorded address as it is.
+    async fn touch_waiting(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        acked: Seq,
+        now: Millis,
+        waits_at: Option<&str>,
+    ) -> Result<Seq, StoreError> {
+        let _ = waits_at;
+        self.touch(room, peer, acked, now).await
+    }
 
     /// Up to `limit` unexpired messages of `peer`'s inbox after `after`, in order, without
     /// gaps, and how far a cursor may skip when none are left.

@@ -29,7 +29,7 @@ use rusqlite::{
 
 pub use self::schema::SCHEMA_VERSION;
 use super::{
-    Departures, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store,
+    Departures, Doorbell, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store,
     StoreError, Timing, distinct_recipients, fits_in_inbox, resolve_recipients,
 };
 use crate::clock::Millis;
@@ -186,6 +186,36 @@ fn members(transaction: &Transaction<'_>, room: &RoomId) -> Result<Vec<Member>, 
     .collect()
 }
 
+/// Where those of `peers` whose polls recorded a wake-up address wait.
+fn doorbells(
+    transaction: &Transaction<'_>,
+    room: &RoomId,
+    peers: &[PeerId],
+) -> Result<Vec<Doorbell>, StoreError> {
+    if peers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut statement = transaction
+        .prepare_cached(
+            "SELECT peer, waits_at FROM members WHERE room = ?1 AND waits_at IS NOT NULL",
+        )
+        .map_err(store_error)?;
+    let rows = statement
+        .query_map(params![room.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .map_err(store_error)?;
+    let mut found = Vec::new();
+    for row in rows {
+        let (peer, address) = row.map_err(store_error)?;
+        let peer = parse_id(PeerId::parse, &peer)?;
+        if peers.contains(&peer) {
+            found.push(Doorbell { peer, address });
+        }
+    }
+    Ok(found)
+}
+
 /// Appends one message to `recipient`'s inbox at its next sequence number.
 fn enqueue(
     transaction: &Transaction<'_>,
@@ -263,7 +293,13 @@ fn depart(
             )?;
         }
     }
-    Ok(Departures { gone, notified })
+    let doorbells = doorbells(transaction, room, &notified)?;
+    Ok(Departures {
+        gone,
+        notified,
+        doorbells,
+        stale_at: None,
+    })
 }
 
 fn sweep(
@@ -428,6 +464,7 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
         return Ok(Posted {
             ids,
             recipients: Vec::new(),
+            doorbells: Vec::new(),
         });
     }
     let member_ids: Vec<PeerId> = members(transaction, room)?
@@ -485,7 +522,12 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
             request.timing,
         )?;
     }
-    Ok(Posted { ids, recipients })
+    let doorbells = doorbells(transaction, room, &recipients)?;
+    Ok(Posted {
+        ids,
+        recipients,
+        doorbells,
+    })
 }
 
 /// Reads `peer`'s inbox after `after` in one snapshot: its head and its unexpired messages.
@@ -603,7 +645,13 @@ impl Store for SqliteStore {
                     request.timing,
                 )?;
             }
-            Ok(Joined { others, departures })
+            let told: Vec<PeerId> = others.iter().map(|other| other.peer.clone()).collect();
+            let doorbells = doorbells(transaction, room, &told)?;
+            Ok(Joined {
+                others,
+                departures,
+                doorbells,
+            })
         })
         .await
     }
@@ -620,7 +668,19 @@ impl Store for SqliteStore {
         acked: Seq,
         now: Millis,
     ) -> Result<Seq, StoreError> {
+        self.touch_waiting(room, peer, acked, now, None).await
+    }
+
+    async fn touch_waiting(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        acked: Seq,
+        now: Millis,
+        waits_at: Option<&str>,
+    ) -> Result<Seq, StoreError> {
         let (room, peer) = (room.clone(), peer.clone());
+        let waits_at = waits_at.map(str::to_owned);
         let acked = i64::try_from(acked).unwrap_or(i64::MAX);
         let asked = Instant::now();
         self.write(move |transaction| {
@@ -631,13 +691,15 @@ impl Store for SqliteStore {
             let head: Option<i64> = transaction
                 .prepare_cached(
                     "UPDATE members SET last_seen = MAX(last_seen, ?3),
-                         acked_seq = MAX(acked_seq, MIN(?4, last_seq))
+                         acked_seq = MAX(acked_seq, MIN(?4, last_seq)),
+                         waits_at = COALESCE(?5, waits_at)
                      WHERE room = ?1 AND peer = ?2 RETURNING last_seq",
                 )
                 .map_err(store_error)?
-                .query_row(params![room.as_str(), peer.as_str(), seen, acked], |row| {
-                    row.get(0)
-                })
+                .query_row(
+                    params![room.as_str(), peer.as_str(), seen, acked, waits_at],
+                    |row| row.get(0),
+                )
                 .optional()
                 .map_err(store_error)?;
             head.map(|head| Seq::try_from(head).unwrap_or(0))
@@ -669,24 +731,21 @@ impl Store for SqliteStore {
         // Every waiting poll sweeps its room every few seconds, and almost always finds
         // nobody stale: look first without taking the write lock.
         let check_room = room.clone();
-        let anyone_stale = self
+        let oldest: Option<Millis> = self
             .read_with(move |transaction| {
                 transaction
-                    .prepare_cached(
-                        "SELECT 1 FROM members WHERE room = ?1 AND last_seen < ?2 LIMIT 1",
-                    )
+                    .prepare_cached("SELECT MIN(last_seen) FROM members WHERE room = ?1")
                     .map_err(store_error)?
-                    .query_row(
-                        params![check_room.as_str(), timing.stale_before],
-                        |_| Ok(()),
-                    )
-                    .optional()
+                    .query_row(params![check_room.as_str()], |row| row.get(0))
                     .map_err(store_error)
             })
-            .await?
-            .is_some();
+            .await?;
+        let anyone_stale = oldest.is_some_and(|oldest| oldest < timing.stale_before);
         if !anyone_stale {
-            return Ok(Departures::default());
+            return Ok(Departures {
+                stale_at: oldest.map(|oldest| oldest + (timing.now - timing.stale_before)),
+                ..Departures::default()
+            });
         }
         let room = room.clone();
         self.write(move |transaction| sweep(transaction, &room, timing))

@@ -105,6 +105,20 @@ pub(super) fn expired(item: &Item, now: Millis) -> bool {
     get_n::<Millis>(item, EXPIRES_AT_MS).map_or(true, |at| at <= now)
 }
 
+/// Where those of `peers` among `members` wait, for those whose polls recorded it.
+pub(super) fn doorbells(members: &[MemberItem], peers: &[PeerId]) -> Vec<crate::store::Doorbell> {
+    members
+        .iter()
+        .filter(|member| peers.contains(&member.peer))
+        .filter_map(|member| {
+            Some(crate::store::Doorbell {
+                peer: member.peer.clone(),
+                address: member.waits_at.clone()?,
+            })
+        })
+        .collect()
+}
+
 /// A room member, as the member item holds it.
 #[derive(Clone, Debug)]
 pub(super) struct MemberItem {
@@ -116,6 +130,8 @@ pub(super) struct MemberItem {
     pub last_seq: Seq,
     pub acked_seq: Seq,
     pub expires_at_ms: Millis,
+    /// The wake-up address its latest poll recorded.
+    pub waits_at: Option<String>,
 }
 
 pub(super) mod member {
@@ -125,6 +141,7 @@ pub(super) mod member {
     pub const LAST_SEQ: &str = "lastSeq";
     pub const LAST_SEQ_AT: &str = "lastSeqAt";
     pub const ACKED_SEQ: &str = "ackedSeq";
+    pub const WAITS_AT: &str = "waitsAt";
     /// How long the member item lives after a poll (presence timeout + message TTL), in ms and
     /// in whole seconds: `touch` only knows the time, so the item carries its own lifetime.
     pub const LIFE_MS: &str = "lifeMs";
@@ -150,6 +167,7 @@ impl MemberItem {
             last_seq: get_n(item, member::LAST_SEQ)?,
             acked_seq: get_n(item, member::ACKED_SEQ)?,
             expires_at_ms: get_n(item, EXPIRES_AT_MS)?,
+            waits_at: get_opt_s(item, member::WAITS_AT)?.map(str::to_owned),
         })
     }
 

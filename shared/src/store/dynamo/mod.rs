@@ -8,7 +8,7 @@
 //! | item | `pk` | `sk` | holds |
 //! |---|---|---|---|
 //! | room | `ROOM#{room}` | `#ROOM` | `version`: a token every join replaces |
-//! | member | `ROOM#{room}` | `PEER#{peer}` | `name`, `joinedAt`, `lastSeen`, `lastSeq` (inbox head), `lastSeqAt`, `ackedSeq`, its own lifetime |
+//! | member | `ROOM#{room}` | `PEER#{peer}` | `name`, `joinedAt`, `lastSeen`, `lastSeq` (inbox head), `lastSeqAt`, `ackedSeq`, `waitsAt` (wake-up address of its latest poll), its own lifetime |
 //! | inbox | `INBOX#{room}#{peer}` | `SEQ#{last:020}` | one post's messages for one recipient, numbered `first..=last`; or a tombstone (`void`) |
 //! | sent id | `SENT#{room}#{sender}` | `ID#{clientId}` | `messageId`: what a client id was given |
 //!
@@ -383,7 +383,18 @@ impl Store for DynamoStore {
         acked: Seq,
         now: Millis,
     ) -> Result<Seq, StoreError> {
-        self.touch_member(room, peer, acked, now).await
+        self.touch_member(room, peer, acked, now, None).await
+    }
+
+    async fn touch_waiting(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+        acked: Seq,
+        now: Millis,
+        waits_at: Option<&str>,
+    ) -> Result<Seq, StoreError> {
+        self.touch_member(room, peer, acked, now, waits_at).await
     }
 
     async fn read(

@@ -22,7 +22,7 @@ use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::message::{MessageKind, Outgoing};
 use crate::store::{
-    PostRequest, Posted, RateLimit, Seq, StoreError, Timing, distinct_recipients,
+    Doorbell, PostRequest, Posted, RateLimit, Seq, StoreError, Timing, distinct_recipients,
     resolve_recipients,
 };
 
@@ -634,6 +634,7 @@ impl DynamoStore {
                 return Ok(Posted {
                     ids,
                     recipients: Vec::new(),
+                    doorbells: Vec::new(),
                 });
             }
             let context = PostContext {
@@ -646,11 +647,15 @@ impl DynamoStore {
             };
             let round = self.post_round(&context, &fresh, sent, counted, hook).await;
             match round {
-                Ok(Outcome::Delivered(recipients)) => {
+                Ok((Outcome::Delivered(recipients), doorbells)) => {
                     *counted = None;
-                    return Ok(Posted { ids, recipients });
+                    return Ok(Posted {
+                        ids,
+                        recipients,
+                        doorbells,
+                    });
                 }
-                Ok(Outcome::Repeats(repeats)) => {
+                Ok((Outcome::Repeats(repeats), _)) => {
                     let repeated: Vec<&str> = repeats
                         .iter()
                         .filter_map(|index| sent_client_ids.get(*index).copied())
@@ -695,7 +700,7 @@ impl DynamoStore {
         sent: Vec<Item>,
         counted: &mut Option<Millis>,
         hook: Hook<'_>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<(Outcome, Vec<Doorbell>), StoreError> {
         let PostContext {
             room,
             sender,
@@ -755,6 +760,12 @@ impl DynamoStore {
             timing,
             began,
         };
-        self.deliver(&delivery, hook).await
+        let outcome = self.deliver(&delivery, hook).await?;
+        // Where the inboxes reached wait, from the member items read anyway.
+        let doorbells = match &outcome {
+            Outcome::Delivered(reached) => items::doorbells(&members, reached),
+            Outcome::Repeats(_) => Vec::new(),
+        };
+        Ok((outcome, doorbells))
     }
 }

@@ -91,11 +91,10 @@ impl DynamoStore {
         if gone.is_empty() {
             return Ok(Departures::default());
         }
-        let remaining: Vec<PeerId> = self
-            .live_members(room, timing.now)
-            .await?
-            .into_iter()
-            .map(|member| member.peer)
+        let present = self.live_members(room, timing.now).await?;
+        let remaining: Vec<PeerId> = present
+            .iter()
+            .map(|member| member.peer.clone())
             .filter(|peer| !gone.contains(peer))
             .collect();
         let mut notified: Vec<PeerId> = Vec::new();
@@ -116,7 +115,13 @@ impl DynamoStore {
                 }
             }
         }
-        Ok(Departures { gone, notified })
+        let doorbells = items::doorbells(&present, &notified);
+        Ok(Departures {
+            gone,
+            notified,
+            doorbells,
+            stale_at: None,
+        })
     }
 
     pub(super) async fn sweep_members(
@@ -131,7 +136,14 @@ impl DynamoStore {
             .map(|member| member.peer.clone())
             .collect();
         if stale.is_empty() {
-            return Ok(Departures::default());
+            let timeout = timing.now - timing.stale_before;
+            return Ok(Departures {
+                stale_at: members
+                    .iter()
+                    .map(|member| member.last_seen + timeout)
+                    .min(),
+                ..Departures::default()
+            });
         }
         self.depart(
             room,
@@ -245,7 +257,12 @@ impl DynamoStore {
                 timing,
             )
             .await?;
-            return Ok(Joined { others, departures });
+            let doorbells = items::doorbells(&members, &recipients);
+            return Ok(Joined {
+                others,
+                departures,
+                doorbells,
+            });
         }
         Err(unavailable_because(
             "the room kept changing during the join",
@@ -259,13 +276,23 @@ impl DynamoStore {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
+        waits_at: Option<&str>,
     ) -> Result<Seq, StoreError> {
-        const PRESENT: &str = "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds";
+        // Recording where the poll waits rides on the update every poll makes anyway.
+        let present = match waits_at {
+            Some(_) => {
+                "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds, waitsAt = :waitsAt"
+            }
+            None => {
+                "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds"
+            }
+        };
         const ALIVE: &str = "attribute_exists(pk) AND expiresAtMs > :now";
         let member_key = key(room_pk(room), member_sk(peer));
         let update = |expression: String, condition: String| {
             self.count_write(1);
-            self.client
+            let request = self
+                .client
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(member_key.clone()))
@@ -273,12 +300,16 @@ impl DynamoStore {
                 .condition_expression(condition)
                 .expression_attribute_values(":now", n(now))
                 .expression_attribute_values(":nowSeconds", n(ttl_seconds(now)))
-                .return_values(ReturnValue::AllNew)
+                .return_values(ReturnValue::AllNew);
+            match waits_at {
+                Some(address) => request.expression_attribute_values(":waitsAt", s(address)),
+                None => request,
+            }
         };
         // The usual poll acknowledges what it read, a number between the stored
         // acknowledgement and the head: one request.
         let usual = update(
-            format!("{PRESENT}, ackedSeq = :acked"),
+            format!("{present}, ackedSeq = :acked"),
             format!("{ALIVE} AND ackedSeq <= :acked AND lastSeq >= :acked"),
         )
         .expression_attribute_values(":acked", n(acked))
@@ -287,7 +318,7 @@ impl DynamoStore {
         let output = match usual {
             Ok(output) => output,
             Err(error) if condition_failed(&error) => {
-                match update(PRESENT.to_owned(), ALIVE.to_owned()).send().await {
+                match update(present.to_owned(), ALIVE.to_owned()).send().await {
                     Ok(output) => output,
                     Err(error) if condition_failed(&error) => return Err(StoreError::PeerGone),
                     Err(error) => return Err(unavailable(error)),

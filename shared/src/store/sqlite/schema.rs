@@ -22,7 +22,8 @@ const JOURNAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
 
 /// One step per version: `MIGRATIONS[n]` brings a file from version `n` to `n + 1`. Append
 /// new steps; never edit a released one.
-const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] = &[baseline, leases];
+const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] =
+    &[baseline, leases, wake_addresses];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -103,6 +104,12 @@ fn leases(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
              written_at INTEGER NOT NULL
          );",
     )
+}
+
+/// Version 3: where each member's latest poll waits (its wake-up address), so that writers
+/// learn where to ring from the member rows they read anyway.
+fn wake_addresses(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
+    transaction.execute_batch("ALTER TABLE members ADD COLUMN waits_at TEXT")
 }
 
 fn refused(message: String) -> StoreError {

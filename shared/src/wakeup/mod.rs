@@ -1,0 +1,175 @@
+//! Waking long polls, a port with one adapter per deployment, as the store is.
+//!
+//! A poll waits on its inbox's in-process signal ([`Wakeups`]). A write wakes the polls of
+//! its own process directly, and rings the recipients' doorbells for polls waiting in other
+//! processes: each poll records where it waits (its process's wake-up address) on its member
+//! with the presence update it makes anyway ([`crate::store::Store::touch_waiting`]), and
+//! every write already reads the members it writes to, so the writer learns where to ring
+//! without another read. The adapter of the receiving process turns a doorbell back into an
+//! in-process wake-up.
+//!
+//! | deployment | adapter | address |
+//! |---|---|---|
+//! | one process alone, or no Unix sockets | [`InProcess`] | none |
+//! | processes sharing a SQLite file (`cargo lambda watch`, several servers) | [`socket::SocketWakeup`] | a Unix datagram socket per process, beside the database |
+//! | processes sharing a DynamoDB table (Lambda, servers) | [`sqs::SqsWakeup`] | an SQS queue per process (execution environment), long-polled |
+//!
+//! A wake-up is only a hint: the inbox stays the truth. A lost or late one costs latency
+//! until the poll's next fallback read ([`PollSchedule::WITH_WAKEUPS`]), and a failing
+//! wake-up path never fails the write that rang it.
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod local;
+mod schedule;
+#[cfg(unix)]
+pub mod socket;
+pub mod sqs;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use self::local::{InProcess, Subscription, Wakeups};
+pub use self::schedule::{PollSchedule, SweepSchedule};
+use crate::config::Config;
+use crate::ids::{PeerId, RoomId};
+use crate::store::Doorbell;
+
+/// How long a write waits for its doorbells to be sent: a slow wake-up service must not hold
+/// the write's answer for long (on Lambda the sends must finish before the answer, as the
+/// environment may be frozen right after it).
+pub const RING_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Carries wake-ups to polls waiting in other processes. Received wake-ups go to the
+/// [`Wakeups`] the adapter was built with. Implementations are shared as `Arc<dyn Wakeup>`.
+#[async_trait]
+pub trait Wakeup: Send + Sync + 'static {
+    /// This process's wake-up address, with its receiver listening until the returned
+    /// [`Listening`] (and every other one) is dropped. `None` when there is no address: the
+    /// poll then relies on its fallback reads.
+    async fn listen(&self) -> Option<Listening>;
+
+    /// Rings each doorbell at another process's address. Best effort: a failure is logged,
+    /// never returned, and costs the recipient only latency.
+    async fn ring(&self, room: &RoomId, doorbells: &[Doorbell]);
+
+    /// Gives back what the adapter holds (its queue, its socket) before the process ends.
+    async fn close(&self) {}
+}
+
+/// A poll's hold on its process's receiver.
+pub struct Listening {
+    /// Where this process receives wake-ups: recorded on the poll's member.
+    pub address: Arc<str>,
+    /// Keeps the receiver going while held.
+    _hold: Option<Box<dyn Send + Sync>>,
+}
+
+impl Listening {
+    /// An address whose receiver needs no hold (it listens for the process's lifetime).
+    pub fn always(address: Arc<str>) -> Self {
+        Self {
+            address,
+            _hold: None,
+        }
+    }
+
+    /// An address whose receiver listens while `hold` lives.
+    pub fn held(address: Arc<str>, hold: impl Send + Sync + 'static) -> Self {
+        Self {
+            address,
+            _hold: Some(Box::new(hold)),
+        }
+    }
+}
+
+/// The adapter for the configured deployment: SQS beside a DynamoDB table, Unix sockets
+/// beside a SQLite file, in-process otherwise (or when `SIGNALPOST_WAKEUPS=off`).
+pub async fn open(config: &Config, wakeups: Arc<Wakeups>) -> Arc<dyn Wakeup> {
+    if !config.wakeups {
+        return Arc::new(InProcess);
+    }
+    if let Some(table) = &config.table {
+        return match sqs::SqsWakeup::connect(table, wakeups).await {
+            Ok(adapter) => Arc::new(adapter),
+            Err(reason) => {
+                tracing::warn!(%reason, "no SQS wake-ups: polls in other processes wake on their fallback reads");
+                Arc::new(InProcess)
+            }
+        };
+    }
+    #[cfg(unix)]
+    {
+        Arc::new(socket::SocketWakeup::beside(&config.db_path, wakeups))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = wakeups;
+        Arc::new(InProcess)
+    }
+}
+
+/// The doorbells to ring elsewhere, one payload per address: a line `room peer` per peer.
+/// Room and peer ids hold no spaces or line breaks, so the format needs no escaping.
+pub(crate) fn payloads(
+    room: &RoomId,
+    doorbells: &[Doorbell],
+    own: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut payloads: BTreeMap<String, String> = BTreeMap::new();
+    for doorbell in doorbells {
+        // Polls of this process were woken in-process already.
+        if Some(doorbell.address.as_str()) == own {
+            continue;
+        }
+        let payload = payloads.entry(doorbell.address.clone()).or_default();
+        let line = format!("{} {}\n", room.as_str(), doorbell.peer.as_str());
+        if !payload.contains(&line) {
+            payload.push_str(&line);
+        }
+    }
+    payloads
+}
+
+/// Wakes the inboxes a payload names; lines that do not parse are ignored (a wake-up is only
+/// a hint, and nothing here trusts its sender).
+pub(crate) fn deliver(wakeups: &Wakeups, payload: &str) -> usize {
+    let mut woken = 0;
+    for line in payload.lines() {
+        let Some((room, peer)) = line.split_once(' ') else {
+            continue;
+        };
+        if let (Ok(room), Ok(peer)) = (RoomId::parse(room), PeerId::parse(peer)) {
+            wakeups.wake(&room, [&peer]);
+            woken += 1;
+        }
+    }
+    woken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_group_by_address_and_skip_our_own() {
+        let room = RoomId::parse("r").expect("valid");
+        let (a, b, c) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
+        let bell = |peer: &PeerId, address: &str| Doorbell {
+            peer: peer.clone(),
+            address: address.into(),
+        };
+        let payloads = payloads(
+            &room,
+            &[bell(&a, "x"), bell(&b, "x"), bell(&a, "x"), bell(&c, "me")],
+            Some("me"),
+        );
+        assert_eq!(payloads.len(), 1);
+        assert_eq!(payloads["x"], format!("r {a}\nr {b}\n"));
+        let wakeups = Wakeups::default();
+        assert_eq!(deliver(&wakeups, &payloads["x"]), 2);
+        assert_eq!(deliver(&wakeups, "garbage\nr not/a/peer\n"), 0);
+    }
+}
