@@ -396,10 +396,13 @@ mod tests {
             address: listening.address.to_string(),
         };
         // Ring until a doorbell gets through: the first ones go to a queue that is gone
-        // and must neither fail nor hang.
+        // and must neither fail nor hang. A receive already waiting when the queue was
+        // deleted may hold its whole RECEIVE_WAIT_SECONDS before it fails and the receiver
+        // creates the queue again, so the bound leaves room for that plus the retry pause.
         let started = Instant::now();
         let mut arrived = false;
-        while started.elapsed() < Duration::from_secs(20) && !arrived {
+        let bound = Duration::from_secs(RECEIVE_WAIT_SECONDS as u64) * 2 + RETRY_PAUSE;
+        while started.elapsed() < bound && !arrived {
             let woken = subscription.notify().notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
