@@ -49,8 +49,8 @@ MUTATIONS = [
     Mutation(
         "expiry: SQLite reads skip the expiry filter",
         "shared/src/store/sqlite.rs",
-        "WHERE room = ?1 AND recipient = ?2 AND seq > ?3 AND expires_at > ?4",
-        "WHERE room = ?1 AND recipient = ?2 AND seq > ?3 AND ?4 = ?4",
+        "seq > ?3 AND expires_at > ?4\n             ORDER BY seq",
+        "seq > ?3 AND ?4 = ?4\n             ORDER BY seq",
         SHARED_LIB, "store::sqlite::tests::expired_messages_are_never_read",
     ),
     Mutation(
