@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cold_start import event  # noqa: E402
 
-SECRET = "concurrent-polls-secret"
+SECRET = "concurrent-polls-secret-of-at-least-32-bytes"
 LATE_SLACK_S = 4.0  # a loaded 2-core machine: how late past its wait an empty poll may end
 
 
@@ -177,6 +177,9 @@ def main():
         "SIGNALPOST_SECRET": SECRET,
         "SIGNALPOST_DB": os.path.join(directory, "signalpost.db"),
         "SIGNALPOST_RATE_LIMIT": "100000",
+        # 1,000 joins from one address: lift the per-client limits (tests/api/limits.rs).
+        "SIGNALPOST_JOIN_LIMIT": "1000000",
+        "SIGNALPOST_MAX_CLIENT_CONNECTIONS": "100000",
         "RUST_LOG": "warn",
     })
     port = free_port()
