@@ -247,12 +247,23 @@ def check_rules(template: dict, report: Report) -> None:
 # --- concurrency -------------------------------------------------------------------------
 
 
-def functions(template: dict) -> dict[str, dict]:
-    """Binary name -> the AWS::Lambda::Function resource."""
-    return {
-        r["Metadata"]["BuildProperties"]["Binary"]: r
-        for r in template["Resources"].values()
+def deployed_functions(template: dict) -> list[tuple[str, str, dict]]:
+    """(binary, logical id, resource) of every AWS::Lambda::Function. A binary may be deployed
+    twice: poll on classic Lambda and, under a condition, on Lambda Managed Instances."""
+    return [
+        (r["Metadata"]["BuildProperties"]["Binary"], logical_id, r)
+        for logical_id, r in template["Resources"].items()
         if r["Type"] == "AWS::Lambda::Function"
+    ]
+
+
+def functions(template: dict) -> dict[str, dict]:
+    """Binary name -> its classic AWS::Lambda::Function resource (the Managed Instances copy
+    of poll reserves no concurrency: its capacity provider bounds it)."""
+    return {
+        binary: r
+        for binary, _, r in deployed_functions(template)
+        if r.get("Condition") != "PollOnManagedInstances"
     }
 
 
@@ -345,7 +356,8 @@ def recorded(calls: dict, function: str) -> dict[tuple[str, str], set[str]]:
 
 
 def check_iam(template: dict, calls: dict, report: Report) -> None:
-    for name, function in sorted(functions(template).items()):
+    for name, _, function in sorted(deployed_functions(template), key=lambda f: f[:2]):
+        # Every deployment of a binary is held to what that binary calls.
         grants = granted(template, function)
         needed = recorded(calls, name)
         unused = sorted(set(grants) - set(needed))
