@@ -258,6 +258,10 @@ impl Server {
         if std::env::var("SIGNALPOST_TEST_STORE").as_deref() == Ok("dynamodb") {
             return None;
         }
+        // Under watch the DynamoDB leg is chosen by SIGNALPOST_TABLE, which the functions get.
+        if self.watch.is_some() && std::env::var_os("SIGNALPOST_TABLE").is_some() {
+            return None;
+        }
         Some(match &self.watch {
             Some(watch) => watch.database(),
             None => self.directory.path().join("signalpost.db"),
