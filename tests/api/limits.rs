@@ -252,6 +252,12 @@ async fn connections_are_capped_per_client_address() {
 /// with peer-joined/peer-left nor earn fresh post budgets beyond one per window.
 #[tokio::test]
 async fn join_leave_cycling_is_limited_per_room() {
+    // The per-room join limit counts per process (README, "Abuse resistance"): under watch the
+    // joins spread over several `join` instances and each allows the same burst, so the bound
+    // asserted here holds for one process only. A store-wide limit is open in issue 15.
+    if standalone_only("the per-room join limit counts per process (open in issue 15)") {
+        return;
+    }
     let server = Server::start_with(&[
         ("SIGNALPOST_MAX_PEERS", "2"),
         ("SIGNALPOST_JOIN_LIMIT", "100000"),
