@@ -87,7 +87,8 @@ def start_recorder(upstream, out):
     raise SystemExit("the recording proxy did not start")
 
 
-def run_function(binary, function, payload, env_extra):
+def run_function(binary, function, payload, env_extra, database=None):
+    """Runs one function for one event; `database` (a SQLite path) lets calls share a store."""
     stub = Stub(payload)
     with tempfile.TemporaryDirectory() as directory:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNALPOST_", "AWS_"))}
@@ -98,7 +99,7 @@ def run_function(binary, function, payload, env_extra):
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function}",
             "AWS_LAMBDA_LOG_STREAM_NAME": "secret-arn",
-            "SIGNALPOST_DB": os.path.join(directory, "signalpost.db"),
+            "SIGNALPOST_DB": database or os.path.join(directory, "signalpost.db"),
             "RUST_LOG": "debug",
             **env_extra,
         })
@@ -167,9 +168,12 @@ def main():
             return env
 
         token = None
+        # join and the later ice-servers call share a store: ice-servers answers members only.
+        members = os.path.join(scratch, "members.db")
         for function in FUNCTIONS:
             binary = os.path.join(args.target_dir, function)
-            response, _, output = run_function(binary, function, event(function), template_env(function))
+            response, _, output = run_function(binary, function, event(function), template_env(function),
+                                               database=members if function == "join" else None)
             assert response is not None, f"{function}: no response; output:\n{output}"
             assert response["statusCode"] < 500, (function, response)
             assert SECRET not in output and TURN_SECRET not in output, \
@@ -185,7 +189,7 @@ def main():
 
         binary = os.path.join(args.target_dir, "ice-servers")
         response, _, output = run_function(binary, "ice-servers", ice_servers_event(token),
-                                           template_env("ice-servers"))
+                                           template_env("ice-servers"), database=members)
         assert response is not None and response["statusCode"] == 200, (response, output)
         turn = [s for s in json.loads(response["body"])["iceServers"] if s.get("credential")]
         assert turn and turn[0]["urls"] == [TURN_URLS], response["body"]
