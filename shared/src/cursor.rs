@@ -31,11 +31,13 @@ impl Cursor {
         })
     }
 
-    /// The cursor's activity as far as the server can believe it: never later than `now`. The
-    /// client writes the cursor, and the activity sets how eagerly its poll reads the store: a
-    /// forged future one (`1.9000000000000000`) would otherwise make the whole wait a busy one.
-    pub fn activity_until(self, now: Millis) -> Millis {
-        self.activity.min(now)
+    /// The cursor's activity as far as the server can believe it: never later than `known`,
+    /// the latest activity the server knows of (now, and the inbox's last message). The client
+    /// writes the cursor, and the activity sets how eagerly its poll reads the store: a forged
+    /// recent one (`1.9000000000000000`, or now in an inbox quiet for an hour) would otherwise
+    /// make the whole wait a busy one.
+    pub fn activity_until(self, known: Millis) -> Millis {
+        self.activity.min(known)
     }
 
     /// The text form.

@@ -136,6 +136,10 @@ impl From<StoreError> for ApiError {
                 detail: format!("this peer is posting too fast: post again in {retry_after} s"),
                 retry_after,
             },
+            StoreError::JoinsLimited { retry_after } => Self::RateLimited {
+                detail: "too many joins to this room: retry later".into(),
+                retry_after,
+            },
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %error_chain(&*source), "store unavailable");
                 Self::Unavailable

@@ -2,17 +2,17 @@
 //! bucket that needs no timer task): over the limit is `429` with `Retry-After` and a problem
 //! document.
 //!
-//! Two limits on joins today, both in [`crate::signalling::Signalling::join`] so they hold in
-//! every deployment:
+//! Two limits on joins:
 //! - per client address, where the address is known (the standalone server: the connection's
-//!   peer, or with `SIGNALPOST_TRUST_PROXY` the address its proxy saw). In Lambda, API
-//!   Gateway's throttling does this job;
+//!   peer, or with `SIGNALPOST_TRUST_PROXY` the address its proxy saw), in memory here and
+//!   checked in [`crate::signalling::Signalling::join`]. In Lambda, API Gateway's throttling
+//!   does this job;
 //! - per room: a burst of twice the room's capacity, then one join per post-rate window
-//!   ([`crate::signalling::RATE_WINDOW`]). Join/leave cycling then cannot flood a member's
-//!   inbox with `peer-joined` and `peer-left`, and since each membership has its own post
-//!   budget, rejoining earns a fresh one at most once per window however many addresses the
-//!   flooder has: a room's members together post at most (capacity + 1) budgets per window.
-//!   It is per process: several processes (Lambda instances) each allow the same rate.
+//!   ([`crate::signalling::RATE_WINDOW`]), so join/leave cycling cannot flood a member's inbox
+//!   with `peer-joined` and `peer-left`. It must hold across processes (Lambda instances, the
+//!   functions under `cargo lambda watch`), so it lives in the store, on the room, written in
+//!   the join's own transaction: [`RoomJoinRate`] is its arithmetic, the stores only keep its
+//!   one number.
 //!
 //! Per-client limits on other routes (polls, posts) are one more [`KeyedLimit`] each.
 
@@ -24,8 +24,8 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::clock::Millis;
 use crate::error::ApiError;
-use crate::ids::RoomId;
 
 /// A rate limit per key.
 pub struct KeyedLimit<K: Hash + Eq + Clone> {
@@ -60,33 +60,64 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 }
 
-/// The limits on joins.
+/// The limits on joins kept in memory.
 pub struct JoinLimits {
     pub per_client: KeyedLimit<IpAddr>,
-    pub per_room: KeyedLimit<RoomId>,
 }
 
 impl JoinLimits {
-    /// `per_client` joins a minute per client address (all at once if saved up); per room,
-    /// twice `capacity` at once and then one per `window`.
-    pub fn new(per_client: NonZeroU32, capacity: usize, window: Duration) -> Self {
-        let burst = u32::try_from(capacity.saturating_mul(2))
-            .ok()
-            .and_then(NonZeroU32::new)
-            .unwrap_or(NonZeroU32::MIN);
-        let per_room = Quota::with_period(window)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst);
+    /// `per_client` joins a minute per client address (all at once if saved up).
+    pub fn new(per_client: NonZeroU32) -> Self {
         Self {
             per_client: KeyedLimit::new(Quota::per_minute(per_client), "joins from this address"),
-            per_room: KeyedLimit::new(per_room, "joins to this room"),
         }
     }
 
-    /// Forgets idle clients and rooms.
+    /// Forgets idle clients.
     pub fn forget_idle(&self) {
         self.per_client.forget_idle();
-        self.per_room.forget_idle();
+    }
+}
+
+/// The per-room join limit, as a GCRA ("generic cell rate algorithm", what `governor` runs in
+/// memory) over one stored number per room: its theoretical arrival time (TAT), the time at
+/// which the room's budget would be full again. A join at `now` is admitted while the TAT is
+/// at most `(burst - 1) × period` ahead of `now`, and moves it one `period` on. No stored TAT
+/// (a new room, or a row that expired once the budget was full) is a full budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomJoinRate {
+    /// Joins admitted at once when the budget is full.
+    pub burst: u32,
+    /// One more join is earned per period, in milliseconds.
+    pub period_ms: Millis,
+}
+
+impl RoomJoinRate {
+    /// Twice `capacity` at once, then one join per `window`.
+    pub fn for_room(capacity: usize, window: Duration) -> Self {
+        Self {
+            burst: u32::try_from(capacity.saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .max(1),
+            period_ms: Millis::try_from(window.as_millis())
+                .unwrap_or(Millis::MAX)
+                .max(1),
+        }
+    }
+
+    /// Admits one join at `now` given the stored TAT: the TAT to store, or the `Retry-After`
+    /// (whole seconds) of a refusal, which changes nothing.
+    pub fn admit(self, tat: Option<Millis>, now: Millis) -> Result<Millis, u64> {
+        let tat = tat.unwrap_or(now).max(now);
+        let tolerance = self
+            .period_ms
+            .saturating_mul(Millis::from(self.burst.saturating_sub(1)));
+        let ahead = tat.saturating_sub(now);
+        if ahead > tolerance {
+            let wait = u64::try_from(ahead - tolerance).unwrap_or(u64::MAX);
+            return Err(whole_seconds(Duration::from_millis(wait)));
+        }
+        Ok(tat.saturating_add(self.period_ms))
     }
 }
 
@@ -127,16 +158,18 @@ mod tests {
 
     #[test]
     fn a_room_admits_twice_its_capacity_at_once_then_one_per_window() {
-        let limits = JoinLimits::new(NonZeroU32::MAX, 3, Duration::from_secs(10));
-        let room = RoomId::parse("r").expect("valid");
+        let rate = RoomJoinRate::for_room(3, Duration::from_secs(10));
+        let now = 1_000_000;
+        let mut tat = None;
         for _ in 0..6 {
-            limits.per_room.check(&room).expect("within the burst");
+            tat = Some(rate.admit(tat, now).expect("within the burst"));
         }
-        match limits.per_room.check(&room) {
-            Err(ApiError::RateLimited { retry_after, .. }) => {
-                assert!((1..=10).contains(&retry_after), "{retry_after}");
-            }
-            other => panic!("not refused: {other:?}"),
-        }
+        assert_eq!(rate.admit(tat, now), Err(10), "the seventh waits a whole window");
+        assert_eq!(rate.admit(tat, now + 9_001), Err(1));
+        let later = rate.admit(tat, now + 10_000).expect("one more per window");
+        assert_eq!(rate.admit(Some(later), now + 10_000), Err(10));
+        // A budget left unused for long is full again, never more than full.
+        let rested = (0..6).try_fold(Some(later), |tat, _| rate.admit(tat, now + 600_000).map(Some));
+        assert_eq!(rate.admit(rested.expect("a full burst"), now + 600_000), Err(10));
     }
 }

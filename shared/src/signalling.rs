@@ -18,7 +18,7 @@ use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::ice::{IceServer, ice_servers};
 use crate::ids::{MessageId, PeerId, RoomId};
-use crate::limits::JoinLimits;
+use crate::limits::{JoinLimits, RoomJoinRate};
 use crate::message::{Outgoing, StoredMessage};
 use crate::poll_slots::PollSlots;
 use crate::store::{Departures, Doorbell, JoinRequest, PostRequest, RateLimit, Store, Timing};
@@ -123,11 +123,7 @@ impl Signalling {
         wakeups: Arc<Wakeups>,
         wakeup: Arc<dyn Wakeup>,
     ) -> Self {
-        let joins = JoinLimits::new(
-            NonZeroU32::new(config.join_limit).unwrap_or(NonZeroU32::MIN),
-            config.max_peers,
-            RATE_WINDOW,
-        );
+        let joins = JoinLimits::new(NonZeroU32::new(config.join_limit).unwrap_or(NonZeroU32::MIN));
         Self {
             keys: TokenKeys::new(config.secret.expose()),
             config,
@@ -153,6 +149,7 @@ impl Signalling {
             now,
             expires_at: now + seconds_to_millis(self.config.message_ttl),
             stale_before: now - seconds_to_millis(self.config.presence_timeout),
+            post_window_ms: seconds_to_millis(RATE_WINDOW.as_secs()),
         }
     }
 
@@ -194,8 +191,6 @@ impl Signalling {
                 ));
             }
         }
-        // After the gate: in a gated room, only token holders spend the room's join budget.
-        self.joins.per_room.check(&room)?;
         let peer = PeerId::mint();
         let timing = self.timing();
         let joined = self
@@ -206,6 +201,9 @@ impl Signalling {
                 name: name.clone(),
                 capacity: self.config.max_peers,
                 inbox_limit: self.config.max_inbox,
+                // Checked by the store after the gate: in a gated room, only token holders
+                // spend the room's join budget.
+                join_rate: RoomJoinRate::for_room(self.config.max_peers, RATE_WINDOW),
                 timing,
             })
             .await?;
@@ -305,7 +303,7 @@ impl Signalling {
             self.schedule
         };
         let after_seq = after.map_or(0, |cursor| cursor.seq);
-        let head = self
+        let presence = self
             .store
             .touch_waiting(
                 room,
@@ -315,6 +313,7 @@ impl Signalling {
                 listening.as_ref().map(|listening| &*listening.address),
             )
             .await?;
+        let head = presence.head;
         if after_seq > head {
             return Err(ApiError::InvalidRequest(
                 "after is ahead of this inbox (a cursor from an earlier session?): poll without it"
@@ -322,8 +321,11 @@ impl Signalling {
             ));
         }
         // A first poll counts as activity: a negotiation usually follows a join. A cursor's
-        // activity is the client's word: never later than now.
-        let activity = after.map_or_else(now_millis, |cursor| cursor.activity_until(now_millis()));
+        // activity is the client's word: never later than what the server knows, now and the
+        // inbox's last message (or its member's join), which the presence update returned.
+        let activity = after.map_or_else(now_millis, |cursor| {
+            cursor.activity_until(now_millis().min(presence.last_activity))
+        });
         let quiet = || Duration::from_millis(u64::try_from(now_millis() - activity).unwrap_or(0));
         // Nothing past the cursor: no read until a wake-up or the fallback.
         let (mut next_read, mut eager_until) = if head > after_seq {

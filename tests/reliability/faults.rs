@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use signalpost_shared::clock::Millis;
 use signalpost_shared::ids::{PeerId, RoomId};
 use signalpost_shared::store::{
-    Departures, Doorbell, InboxRead, JoinRequest, Joined, PostRequest, Posted, Seq, Store,
+    Departures, Doorbell, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, Seq, Store,
     StoreError, Timing,
 };
 use signalpost_shared::wakeup::{Listening, Wakeup};
@@ -86,15 +86,20 @@ impl Store for FaultyStore {
         self.after(fail, self.inner.post(request).await)
     }
 
-    async fn touch(
+    async fn touch_waiting(
         &self,
         room: &RoomId,
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-    ) -> Result<Seq, StoreError> {
+        waits_at: Option<&str>,
+    ) -> Result<Presence, StoreError> {
         let fail = self.before().await?;
-        self.after(fail, self.inner.touch(room, peer, acked, now).await)
+        let presence = self
+            .inner
+            .touch_waiting(room, peer, acked, now, waits_at)
+            .await;
+        self.after(fail, presence)
     }
 
     async fn read(

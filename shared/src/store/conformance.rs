@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::{JoinRequest, PostRequest, Posted, RateLimit, Store, StoreError, Timing};
 use crate::clock::now_millis;
 use crate::ids::{ClientMessageId, MessageId, PeerId, RoomId};
+use crate::limits::RoomJoinRate;
 use crate::message::{MessageKind, Outgoing, StoredMessage};
 
 /// Generates one `#[tokio::test]` per conformance case for a store opened by `$open`, an
@@ -52,13 +53,21 @@ macro_rules! store_conformance_tests {
     };
 }
 
-/// A timing `offset_ms` from now, with a 10-minute message TTL and a 60-second presence timeout.
+/// A join limit no case reaches unless it means to.
+pub const OPEN_JOINS: RoomJoinRate = RoomJoinRate {
+    burst: 10_000,
+    period_ms: 1,
+};
+
+/// A timing `offset_ms` from now, with a 10-minute message TTL, a 60-second presence timeout and
+/// a 10-second flood-limit window.
 pub fn timing(offset_ms: i64) -> Timing {
     let now = now_millis() + offset_ms;
     Timing {
         now,
         expires_at: now + 600_000,
         stale_before: now - 60_000,
+        post_window_ms: 10_000,
     }
 }
 
@@ -79,6 +88,7 @@ async fn join_at(store: &dyn Store, room: &RoomId, peer: &PeerId, timing: Timing
             name: Some(format!("name-{peer}")),
             capacity: 8,
             inbox_limit: 10_000,
+            join_rate: OPEN_JOINS,
             timing,
         })
         .await
@@ -209,6 +219,7 @@ pub async fn join_refuses_a_full_room(store: Arc<dyn Store>) {
             name: None,
             capacity: 2,
             inbox_limit: 10_000,
+            join_rate: OPEN_JOINS,
             timing: timing(0),
         };
         store.join(request).await.expect("room has space");
@@ -219,6 +230,7 @@ pub async fn join_refuses_a_full_room(store: Arc<dyn Store>) {
         name: None,
         capacity: 2,
         inbox_limit: 10_000,
+        join_rate: OPEN_JOINS,
         timing: timing(0),
     };
     assert!(matches!(
@@ -779,6 +791,7 @@ pub async fn rate_limit_counts_each_members_posts_per_window(store: Arc<dyn Stor
         now: start.now + offset_ms,
         expires_at: start.expires_at + offset_ms,
         stale_before: start.stale_before + offset_ms,
+        post_window_ms: start.post_window_ms,
     };
     let limit = RateLimit {
         posts: 3,
@@ -908,6 +921,7 @@ pub async fn expired_unread_messages_free_the_inbox(store: Arc<dyn Store>) {
                 now,
                 expires_at: now + ttl_ms,
                 stale_before: now - 60_000,
+                post_window_ms: 10_000,
             },
             ..post_request(&room, &alice, vec![app_message(Some(&bob), text, None)])
         }
@@ -979,6 +993,7 @@ pub async fn notices_of_joins_count_against_the_inbox_limit(store: Arc<dyn Store
         name: None,
         capacity: 8,
         inbox_limit: 4,
+        join_rate: OPEN_JOINS,
         timing: timing(0),
     };
     let mut refused = None;

@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
+use crate::limits::RoomJoinRate;
 use crate::message::{Outgoing, StoredMessage};
 
 #[cfg(any(test, feature = "conformance"))]
@@ -60,6 +61,9 @@ pub struct Timing {
     pub expires_at: Millis,
     /// Members whose last poll is older than this have timed out.
     pub stale_before: Millis,
+    /// The flood limit's window ([`RateLimit::window_ms`]): a departure keeps the posts its
+    /// member made in a window still open on the room ([`SpentPosts`]).
+    pub post_window_ms: Millis,
 }
 
 /// A join, decided atomically: sweep timed-out members, check capacity, add the newcomer and
@@ -74,6 +78,9 @@ pub struct JoinRequest {
     /// counts against each member's inbox like any message, so join/leave cycling cannot
     /// flood an inbox past it.
     pub inbox_limit: u64,
+    /// The room's join limit, kept on the room and counted in the join's own transaction,
+    /// so every process sharing the store agrees. A refused join changes nothing.
+    pub join_rate: RoomJoinRate,
     pub timing: Timing,
 }
 
@@ -128,6 +135,31 @@ impl RateLimit {
     }
 }
 
+/// The posts a member made in its flood-limit window: a departure leaves them on the room, and
+/// the next member to join starts from them, so leaving and rejoining does not earn a fresh
+/// post budget within the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpentPosts {
+    /// When the window opened (Unix ms); 0 with a count of 0 is none.
+    pub window: Millis,
+    pub count: u64,
+}
+
+impl SpentPosts {
+    /// What the room keeps once a member that spent `leaving` departs, given what it kept:
+    /// of the two, the window still open at `now` with more posts (the later on a tie); none
+    /// once both windows have closed. A newcomer thus continues the busiest open window of
+    /// the members that left, whichever order they left in.
+    pub fn keep(self, leaving: Self, now: Millis, window_ms: Millis) -> Self {
+        let open = |spent: &Self| spent.count > 0 && now < spent.window.saturating_add(window_ms);
+        [self, leaving]
+            .into_iter()
+            .filter(open)
+            .max_by_key(|spent| (spent.count, spent.window))
+            .unwrap_or_default()
+    }
+}
+
 /// What a post did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Posted {
@@ -137,6 +169,17 @@ pub struct Posted {
     pub recipients: Vec<PeerId>,
     /// Where those recipients wait, for those that recorded it.
     pub doorbells: Vec<Doorbell>,
+}
+
+/// What a poll's presence update ([`Store::touch_waiting`]) learns of the poller's inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// The newest sequence number of the inbox.
+    pub head: Seq,
+    /// When the inbox last had a message written to it (Unix ms), or its member joined if it
+    /// never had one: what the server knows of the inbox's activity, which bounds the
+    /// activity a client's cursor may claim.
+    pub last_activity: Millis,
 }
 
 /// What a read of an inbox found.
@@ -162,7 +205,7 @@ pub struct Departures {
     pub stale_at: Option<Millis>,
 }
 
-/// A store failure. The first five are answers to the request; the last three are the store's.
+/// A store failure. The first six are answers to the request; the last three are the store's.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("the peer has left the room or timed out")]
@@ -176,6 +219,10 @@ pub enum StoreError {
     /// The sender has used up its [`RateLimit`]; its window ends in `retry_after` seconds.
     #[error("the sender is over its rate limit")]
     RateLimited { retry_after: u64 },
+    /// The room has used up its [`RoomJoinRate`]; the next join is possible in `retry_after`
+    /// seconds.
+    #[error("the room is over its join limit")]
+    JoinsLimited { retry_after: u64 },
     /// Transient (busy, locked, throttled, timed out): the client should retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
@@ -204,11 +251,14 @@ pub trait Store: Send + Sync + 'static {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-    ) -> Result<Seq, StoreError>;
+    ) -> Result<Seq, StoreError> {
+        Ok(self.touch_waiting(room, peer, acked, now, None).await?.head)
+    }
 
     /// [`Store::touch`], also recording `waits_at` (this poll's wake-up address) on the
-    /// member, so that writers learn where to ring from the member list they read anyway.
-    /// `None` leaves a recorded address as it is.
+    /// member, so that writers learn where to ring from the member list they read anyway
+    /// (`None` leaves a recorded address as it is); returns the inbox's head and when it last
+    /// had a message, from the same update.
     async fn touch_waiting(
         &self,
         room: &RoomId,
@@ -216,10 +266,7 @@ pub trait Store: Send + Sync + 'static {
         acked: Seq,
         now: Millis,
         waits_at: Option<&str>,
-    ) -> Result<Seq, StoreError> {
-        let _ = waits_at;
-        self.touch(room, peer, acked, now).await
-    }
+    ) -> Result<Presence, StoreError>;
 
     /// Up to `limit` unexpired messages of `peer`'s inbox after `after`, in order, without
     /// gaps, and how far a cursor may skip when none are left.
@@ -323,6 +370,22 @@ mod tests {
                 .expect("valid");
         assert_eq!(deliveries, [(0, peer("c")), (1, peer("b")), (1, peer("c"))]);
         assert_eq!(distinct_recipients(&deliveries), [peer("c"), peer("b")]);
+    }
+
+    #[test]
+    fn a_departure_keeps_the_busiest_open_window() {
+        let spent = |window, count| SpentPosts { window, count };
+        let none = SpentPosts::default();
+        assert_eq!(none.keep(spent(1_000, 100), 5_000, 10_000), spent(1_000, 100));
+        // Whichever order they leave in, the busier open window is kept.
+        let busy = spent(1_000, 100);
+        let light = spent(4_000, 3);
+        assert_eq!(busy.keep(light, 5_000, 10_000), busy);
+        assert_eq!(light.keep(busy, 5_000, 10_000), busy);
+        // A closed window counts for nothing.
+        assert_eq!(busy.keep(light, 11_000, 10_000), light);
+        assert_eq!(busy.keep(light, 14_000, 10_000), none);
+        assert_eq!(none.keep(spent(0, 0), 5_000, 10_000), none);
     }
 
     #[test]

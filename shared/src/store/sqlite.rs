@@ -29,8 +29,9 @@ use rusqlite::{
 
 pub use self::schema::SCHEMA_VERSION;
 use super::{
-    Departures, Doorbell, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted, Seq, Store,
-    StoreError, Timing, distinct_recipients, fits_in_inbox, resolve_recipients,
+    Departures, Doorbell, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted, Presence,
+    Seq, SpentPosts, Store, StoreError, Timing, distinct_recipients, fits_in_inbox,
+    resolve_recipients,
 };
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
@@ -227,10 +228,14 @@ fn enqueue(
     let (id, sender, kind, data) = message;
     let seq: i64 = transaction
         .prepare_cached(
-            "UPDATE members SET last_seq = last_seq + 1 WHERE room = ?1 AND peer = ?2 RETURNING last_seq",
+            "UPDATE members SET last_seq = last_seq + 1, last_activity = ?3
+             WHERE room = ?1 AND peer = ?2 RETURNING last_seq",
         )
         .map_err(store_error)?
-        .query_row(params![room.as_str(), recipient.as_str()], |row| row.get(0))
+        .query_row(
+            params![room.as_str(), recipient.as_str(), timing.now],
+            |row| row.get(0),
+        )
         .map_err(store_error)?;
     transaction
         .prepare_cached(
@@ -253,7 +258,66 @@ fn enqueue(
     Ok(())
 }
 
-/// Removes `gone` from the room with its inbox and tells the remaining members.
+/// What the store keeps on a room beyond its members: the join limit's theoretical arrival
+/// time and the posts departed members made in a window still open.
+#[derive(Default)]
+struct RoomLimits {
+    join_tat: Option<Millis>,
+    spent: SpentPosts,
+}
+
+fn room_limits(transaction: &Transaction<'_>, room: &RoomId) -> Result<RoomLimits, StoreError> {
+    let row: Option<(Millis, Millis, i64)> = transaction
+        .prepare_cached("SELECT join_tat, spent_window, spent_count FROM rooms WHERE room = ?1")
+        .map_err(store_error)?
+        .query_row(params![room.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()
+        .map_err(store_error)?;
+    Ok(row.map_or_else(RoomLimits::default, |(join_tat, window, count)| {
+        RoomLimits {
+            join_tat: Some(join_tat),
+            spent: SpentPosts {
+                window,
+                count: u64::try_from(count).unwrap_or(0),
+            },
+        }
+    }))
+}
+
+/// Writes a room's limits; the row expires once it says nothing more than a missing one (the
+/// join budget full again, the spent window closed), for housekeeping to delete.
+fn save_room_limits(
+    transaction: &Transaction<'_>,
+    room: &RoomId,
+    limits: &RoomLimits,
+    post_window_ms: Millis,
+) -> Result<(), StoreError> {
+    let join_tat = limits.join_tat.unwrap_or(0);
+    let expires_at = join_tat.max(limits.spent.window.saturating_add(post_window_ms));
+    transaction
+        .prepare_cached(
+            "INSERT INTO rooms (room, join_tat, spent_window, spent_count, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (room) DO UPDATE SET join_tat = excluded.join_tat,
+                 spent_window = excluded.spent_window, spent_count = excluded.spent_count,
+                 expires_at = excluded.expires_at",
+        )
+        .map_err(store_error)?
+        .execute(params![
+            room.as_str(),
+            join_tat,
+            limits.spent.window,
+            i64::try_from(limits.spent.count).unwrap_or(i64::MAX),
+            expires_at
+        ])
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Removes `gone` from the room with its inbox and tells the remaining members. The posts each
+/// made in its flood-limit window stay on the room for the next member to join.
 fn depart(
     transaction: &Transaction<'_>,
     room: &RoomId,
@@ -261,17 +325,40 @@ fn depart(
     reason: LeaveReason,
     timing: Timing,
 ) -> Result<Departures, StoreError> {
+    let mut limits = None;
     for peer in &gone {
-        transaction
-            .prepare_cached("DELETE FROM members WHERE room = ?1 AND peer = ?2")
+        let spent: Option<(Millis, i64)> = transaction
+            .prepare_cached(
+                "DELETE FROM members WHERE room = ?1 AND peer = ?2
+                 RETURNING rate_window, rate_count",
+            )
             .map_err(store_error)?
-            .execute(params![room.as_str(), peer.as_str()])
+            .query_row(params![room.as_str(), peer.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()
             .map_err(store_error)?;
+        if let Some((window, count)) = spent {
+            let limits = match &mut limits {
+                Some(limits) => limits,
+                None => limits.insert(room_limits(transaction, room)?),
+            };
+            let leaving = SpentPosts {
+                window,
+                count: u64::try_from(count).unwrap_or(0),
+            };
+            limits.spent = limits
+                .spent
+                .keep(leaving, timing.now, timing.post_window_ms);
+        }
         transaction
             .prepare_cached("DELETE FROM messages WHERE room = ?1 AND recipient = ?2")
             .map_err(store_error)?
             .execute(params![room.as_str(), peer.as_str()])
             .map_err(store_error)?;
+    }
+    if let Some(limits) = &limits {
+        save_room_limits(transaction, room, limits, timing.post_window_ms)?;
     }
     if gone.is_empty() {
         return Ok(Departures::default());
@@ -609,6 +696,13 @@ impl Store for SqliteStore {
         self.write(move |transaction| {
             let room = &request.room;
             let departures = sweep(transaction, room, request.timing)?;
+            let mut limits = room_limits(transaction, room)?;
+            limits.join_tat = Some(
+                request
+                    .join_rate
+                    .admit(limits.join_tat, request.timing.now)
+                    .map_err(|retry_after| StoreError::JoinsLimited { retry_after })?,
+            );
             let others = members(transaction, room)?;
             if others.len() >= request.capacity {
                 return Err(StoreError::RoomFull);
@@ -627,13 +721,25 @@ impl Store for SqliteStore {
                     return Err(StoreError::InboxFull(other.peer.clone()));
                 }
             }
+            // The newcomer continues the count of departed members' posts in their window.
             transaction
                 .prepare_cached(
-                    "INSERT INTO members (room, peer, name, joined_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    "INSERT INTO members (room, peer, name, joined_at, last_seen, last_activity,
+                         rate_window, rate_count)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?4, ?5, ?6)",
                 )
                 .map_err(store_error)?
-                .execute(params![room.as_str(), request.peer.as_str(), request.name, request.timing.now])
+                .execute(params![
+                    room.as_str(),
+                    request.peer.as_str(),
+                    request.name,
+                    request.timing.now,
+                    limits.spent.window,
+                    i64::try_from(limits.spent.count).unwrap_or(i64::MAX)
+                ])
                 .map_err(store_error)?;
+            limits.spent = SpentPosts::default();
+            save_room_limits(transaction, room, &limits, request.timing.post_window_ms)?;
             let id = MessageId::mint();
             let data = peer_joined_data(request.name.as_deref());
             for other in &others {
@@ -661,16 +767,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn touch(
-        &self,
-        room: &RoomId,
-        peer: &PeerId,
-        acked: Seq,
-        now: Millis,
-    ) -> Result<Seq, StoreError> {
-        self.touch_waiting(room, peer, acked, now, None).await
-    }
-
     async fn touch_waiting(
         &self,
         room: &RoomId,
@@ -678,7 +774,7 @@ impl Store for SqliteStore {
         acked: Seq,
         now: Millis,
         waits_at: Option<&str>,
-    ) -> Result<Seq, StoreError> {
+    ) -> Result<Presence, StoreError> {
         let (room, peer) = (room.clone(), peer.clone());
         let waits_at = waits_at.map(str::to_owned);
         let acked = i64::try_from(acked).unwrap_or(i64::MAX);
@@ -688,21 +784,25 @@ impl Store for SqliteStore {
             // not come out of this peer's presence margin.
             let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(Millis::MAX);
             let seen = now.saturating_add(waited);
-            let head: Option<i64> = transaction
+            let presence: Option<(i64, Millis)> = transaction
                 .prepare_cached(
                     "UPDATE members SET last_seen = MAX(last_seen, ?3),
                          acked_seq = MAX(acked_seq, MIN(?4, last_seq)),
                          waits_at = COALESCE(?5, waits_at)
-                     WHERE room = ?1 AND peer = ?2 RETURNING last_seq",
+                     WHERE room = ?1 AND peer = ?2 RETURNING last_seq, last_activity",
                 )
                 .map_err(store_error)?
                 .query_row(
                     params![room.as_str(), peer.as_str(), seen, acked, waits_at],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
                 .map_err(store_error)?;
-            head.map(|head| Seq::try_from(head).unwrap_or(0))
+            presence
+                .map(|(head, last_activity)| Presence {
+                    head: Seq::try_from(head).unwrap_or(0),
+                    last_activity,
+                })
                 .ok_or(StoreError::PeerGone)
         })
         .await

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::message::{MessageKind, StoredMessage};
-use crate::store::{Seq, StoreError};
+use crate::store::{Seq, SpentPosts, StoreError};
 
 /// One item as the SDK holds it.
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -119,6 +119,49 @@ pub(super) fn doorbells(members: &[MemberItem], peers: &[PeerId]) -> Vec<crate::
         .collect()
 }
 
+/// Attributes of the room item besides its version token and expiry.
+pub(super) mod room {
+    /// The join limit's theoretical arrival time (see [`crate::limits::RoomJoinRate`]).
+    pub const JOIN_TAT: &str = "joinTat";
+    /// Departed members' busiest open flood-limit window, and the posts made in it.
+    pub const SPENT_WINDOW: &str = "spentWindow";
+    pub const SPENT_COUNT: &str = "spentCount";
+}
+
+/// The room item's limits: what a join reads to admit a newcomer, and a departure updates.
+#[derive(Clone, Debug, Default)]
+pub(super) struct RoomLimits {
+    pub join_tat: Option<Millis>,
+    pub spent: SpentPosts,
+    pub expires_at_ms: Millis,
+}
+
+impl RoomLimits {
+    pub fn from_item(item: &Item) -> Result<Self, StoreError> {
+        let optional = |name: &str| match item.get(name) {
+            None => Ok(None),
+            Some(_) => get_n::<Millis>(item, name).map(Some),
+        };
+        Ok(Self {
+            join_tat: optional(room::JOIN_TAT)?,
+            spent: SpentPosts {
+                window: optional(room::SPENT_WINDOW)?.unwrap_or(0),
+                count: optional(room::SPENT_COUNT)?
+                    .map_or(0, |count| u64::try_from(count).unwrap_or(0)),
+            },
+            expires_at_ms: optional(EXPIRES_AT_MS)?.unwrap_or(0),
+        })
+    }
+}
+
+/// The posts a departed member item (as a delete returned it) made in its flood-limit window.
+pub(super) fn spent_posts(item: &Item) -> SpentPosts {
+    SpentPosts {
+        window: get_n(item, member::RATE_WINDOW).unwrap_or(0),
+        count: get_n(item, member::RATE_COUNT).unwrap_or(0),
+    }
+}
+
 /// A room member, as the member item holds it.
 #[derive(Clone, Debug)]
 pub(super) struct MemberItem {
@@ -142,6 +185,9 @@ pub(super) mod member {
     pub const LAST_SEQ_AT: &str = "lastSeqAt";
     pub const ACKED_SEQ: &str = "ackedSeq";
     pub const WAITS_AT: &str = "waitsAt";
+    /// The flood limit: when the member's window opened, and its posts in it.
+    pub const RATE_WINDOW: &str = "rateWindow";
+    pub const RATE_COUNT: &str = "rateCount";
     /// How long the member item lives after a poll (presence timeout + message TTL), in ms and
     /// in whole seconds: `touch` only knows the time, so the item carries its own lifetime.
     pub const LIFE_MS: &str = "lifeMs";
@@ -171,15 +217,21 @@ impl MemberItem {
         })
     }
 
-    /// The member item of a newcomer whose item lives `life_ms` after each poll.
+    /// The member item of a newcomer whose item lives `life_ms` after each poll, and whose
+    /// flood-limit count continues `spent`.
     pub fn new_item(
         room: &RoomId,
         peer: &PeerId,
         name: Option<&str>,
         now: Millis,
         life_ms: Millis,
+        spent: SpentPosts,
     ) -> Item {
         let mut item = key(room_pk(room), member_sk(peer));
+        if spent.count > 0 {
+            item.insert(member::RATE_WINDOW.to_owned(), n(spent.window));
+            item.insert(member::RATE_COUNT.to_owned(), n(spent.count));
+        }
         if let Some(name) = name {
             item.insert(member::NAME.to_owned(), s(name));
         }

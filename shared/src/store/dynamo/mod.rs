@@ -7,7 +7,7 @@
 //!
 //! | item | `pk` | `sk` | holds |
 //! |---|---|---|---|
-//! | room | `ROOM#{room}` | `#ROOM` | `version`: a token every join replaces |
+//! | room | `ROOM#{room}` | `#ROOM` | `version`: a token every join (and every departure that keeps posts) replaces; `joinTat`: the join limit; `spentWindow`, `spentCount`: departed members' posts in a window still open |
 //! | member | `ROOM#{room}` | `PEER#{peer}` | `name`, `joinedAt`, `lastSeen`, `lastSeq` (inbox head), `lastSeqAt`, `ackedSeq`, `waitsAt` (wake-up address of its latest poll), its own lifetime |
 //! | inbox | `INBOX#{room}#{peer}` | `SEQ#{last:020}` | one post's messages for one recipient, numbered `first..=last`; or a tombstone (`void`) |
 //! | sent id | `SENT#{room}#{sender}` | `ID#{clientId}` | `messageId`: what a client id was given |
@@ -120,7 +120,8 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use self::items::{Item, key, s};
 use super::{
-    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Seq, Store, StoreError, Timing,
+    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, Seq, Store,
+    StoreError, Timing,
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
@@ -376,16 +377,6 @@ impl Store for DynamoStore {
         self.post_with(request, None).await
     }
 
-    async fn touch(
-        &self,
-        room: &RoomId,
-        peer: &PeerId,
-        acked: Seq,
-        now: Millis,
-    ) -> Result<Seq, StoreError> {
-        self.touch_member(room, peer, acked, now, None).await
-    }
-
     async fn touch_waiting(
         &self,
         room: &RoomId,
@@ -393,7 +384,7 @@ impl Store for DynamoStore {
         acked: Seq,
         now: Millis,
         waits_at: Option<&str>,
-    ) -> Result<Seq, StoreError> {
+    ) -> Result<Presence, StoreError> {
         self.touch_member(room, peer, acked, now, waits_at).await
     }
 
@@ -409,7 +400,7 @@ impl Store for DynamoStore {
     }
 
     async fn sweep(&self, room: &RoomId, timing: Timing) -> Result<Departures, StoreError> {
-        let (_, members) = self.room_view(room).await?;
+        let (_, _, members) = self.room_view(room).await?;
         self.sweep_members(room, &members, timing).await
     }
 

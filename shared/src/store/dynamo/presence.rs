@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem, Update};
 
 use super::items::{
-    self, EXPIRES_AT, EXPIRES_AT_MS, MemberItem, ROOM_SK, get_n, get_s, key, member, member_sk, n,
-    room_pk, s, ttl_seconds,
+    self, EXPIRES_AT, EXPIRES_AT_MS, MemberItem, ROOM_SK, RoomLimits, get_n, get_s, key, member,
+    member_sk, n, room_pk, s, ttl_seconds,
 };
 use super::{
     DynamoStore, MAX_JOIN_ATTEMPTS, ROOM_VERSION, built, cancellation, condition_failed,
@@ -16,14 +16,16 @@ use super::{
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
 use crate::message::{LeaveReason, MessageKind, peer_joined_data};
-use crate::store::{Departures, JoinRequest, Joined, Member, Seq, StoreError, Timing};
+use crate::store::{
+    Departures, JoinRequest, Joined, Member, Presence, Seq, SpentPosts, StoreError, Timing,
+};
 
 impl DynamoStore {
-    /// The room's version token and member items (expired ones included).
+    /// The room's version token, its limits and its member items (expired ones included).
     pub(super) async fn room_view(
         &self,
         room: &RoomId,
-    ) -> Result<(Option<String>, Vec<MemberItem>), StoreError> {
+    ) -> Result<(Option<String>, RoomLimits, Vec<MemberItem>), StoreError> {
         let mut raw = Vec::new();
         self.query_partition(room_pk(room), None, None, |page| {
             raw.extend_from_slice(page);
@@ -31,16 +33,18 @@ impl DynamoStore {
         })
         .await?;
         let mut version = None;
+        let mut limits = RoomLimits::default();
         let mut members = Vec::new();
         for item in &raw {
             if MemberItem::is_member_item(item) {
                 members.push(MemberItem::from_item(item)?);
             } else if get_s(item, items::SK)? == ROOM_SK {
                 version = Some(get_s(item, ROOM_VERSION)?.to_owned());
+                limits = RoomLimits::from_item(item)?;
             }
         }
         members.sort_by(|a, b| (a.joined_at, &a.peer).cmp(&(b.joined_at, &b.peer)));
-        Ok((version, members))
+        Ok((version, limits, members))
     }
 
     /// The room's members whose items have not expired, oldest first.
@@ -49,7 +53,7 @@ impl DynamoStore {
         room: &RoomId,
         now: Millis,
     ) -> Result<Vec<MemberItem>, StoreError> {
-        let (_, members) = self.room_view(room).await?;
+        let (_, _, members) = self.room_view(room).await?;
         Ok(members
             .into_iter()
             .filter(|member| member.expires_at_ms > now)
@@ -57,7 +61,8 @@ impl DynamoStore {
     }
 
     /// Removes each of `candidates` whose member item still meets the condition (timed out
-    /// before `stale_before`, or present at all) and tells the remaining members.
+    /// before `stale_before`, or present at all) and tells the remaining members. The posts
+    /// each made in its flood-limit window stay on the room for the next member to join.
     pub(super) async fn depart(
         &self,
         room: &RoomId,
@@ -67,13 +72,15 @@ impl DynamoStore {
         timing: Timing,
     ) -> Result<Departures, StoreError> {
         let mut gone = Vec::new();
+        let mut spent = Vec::new();
         for peer in candidates {
             self.count_write(1);
             let mut delete = self
                 .client
                 .delete_item()
                 .table_name(&self.table)
-                .set_key(Some(key(room_pk(room), member_sk(peer))));
+                .set_key(Some(key(room_pk(room), member_sk(peer))))
+                .return_values(ReturnValue::AllOld);
             delete = match stale_before {
                 Some(stale_before) => delete
                     .condition_expression("lastSeen < :stale")
@@ -83,7 +90,10 @@ impl DynamoStore {
                     .expression_attribute_values(":now", n(timing.now)),
             };
             match delete.send().await {
-                Ok(_) => gone.push(peer.clone()),
+                Ok(output) => {
+                    gone.push(peer.clone());
+                    spent.push(items::spent_posts(&output.attributes.unwrap_or_default()));
+                }
                 Err(error) if condition_failed(&error) => {}
                 Err(error) => return Err(unavailable(error)),
             }
@@ -91,6 +101,7 @@ impl DynamoStore {
         if gone.is_empty() {
             return Ok(Departures::default());
         }
+        self.keep_spent_posts(room, &spent, timing).await?;
         let present = self.live_members(room, timing.now).await?;
         let remaining: Vec<PeerId> = present
             .iter()
@@ -163,12 +174,13 @@ impl DynamoStore {
             name,
             capacity,
             inbox_limit,
+            join_rate,
             timing,
         } = request;
         let life = (timing.now - timing.stale_before) + (timing.expires_at - timing.now);
         let mut departures = Departures::default();
         for _ in 0..MAX_JOIN_ATTEMPTS {
-            let (version, members) = self.room_view(&room).await?;
+            let (version, limits, members) = self.room_view(&room).await?;
             if members
                 .iter()
                 .any(|member| member.last_seen < timing.stale_before)
@@ -181,6 +193,9 @@ impl DynamoStore {
                 }
                 continue;
             }
+            let join_tat = join_rate
+                .admit(limits.join_tat, timing.now)
+                .map_err(|retry_after| StoreError::JoinsLimited { retry_after })?;
             let present: Vec<&MemberItem> = members
                 .iter()
                 .filter(|member| member.expires_at_ms > timing.now)
@@ -198,10 +213,15 @@ impl DynamoStore {
                     return Err(StoreError::InboxFull(member.peer.clone()));
                 }
             }
+            // The room item outlives its join limit's memory: expiring earlier, it would hand
+            // out a full budget again.
+            let room_expires = (timing.now + life).max(join_tat);
             let mut values = HashMap::from([
                 (":new".to_owned(), s(ulid::Ulid::new().to_string())),
-                (":expiresMs".to_owned(), n(timing.now + life)),
-                (":expires".to_owned(), n(ttl_seconds(timing.now + life))),
+                (":expiresMs".to_owned(), n(room_expires)),
+                (":expires".to_owned(), n(ttl_seconds(room_expires))),
+                (":tat".to_owned(), n(join_tat)),
+                (":zero".to_owned(), n(0)),
             ]);
             let condition = match version {
                 Some(version) => {
@@ -215,14 +235,27 @@ impl DynamoStore {
                     .table_name(&self.table)
                     .set_key(Some(key(room_pk(&room), ROOM_SK.to_owned())))
                     .update_expression(format!(
-                        "SET #version = :new, {EXPIRES_AT_MS} = :expiresMs, {EXPIRES_AT} = :expires"
+                        "SET #version = :new, {EXPIRES_AT_MS} = :expiresMs, {EXPIRES_AT} = :expires, \
+                         {tat} = :tat, {window} = :zero, {count} = :zero",
+                        tat = items::room::JOIN_TAT,
+                        window = items::room::SPENT_WINDOW,
+                        count = items::room::SPENT_COUNT,
                     ))
                     .condition_expression(condition)
                     .expression_attribute_names("#version", ROOM_VERSION)
                     .set_expression_attribute_values(Some(values))
                     .build(),
             )?;
-            let newcomer = MemberItem::new_item(&room, &peer, name.as_deref(), timing.now, life);
+            // The newcomer continues the count of departed members' posts in their window;
+            // the version condition makes a departure that kept posts since the read retry us.
+            let newcomer = MemberItem::new_item(
+                &room,
+                &peer,
+                name.as_deref(),
+                timing.now,
+                life,
+                limits.spent,
+            );
             let transaction = vec![
                 TransactWriteItem::builder().update(update).build(),
                 conditional_put(&self.table, newcomer, "attribute_not_exists(pk)", None)?,
@@ -277,7 +310,7 @@ impl DynamoStore {
         acked: Seq,
         now: Millis,
         waits_at: Option<&str>,
-    ) -> Result<Seq, StoreError> {
+    ) -> Result<Presence, StoreError> {
         // Recording where the poll waits rides on the update every poll makes anyway.
         let present = match waits_at {
             Some(_) => {
@@ -328,6 +361,7 @@ impl DynamoStore {
         };
         let item = output.attributes.unwrap_or_default();
         let head: Seq = get_n(&item, member::LAST_SEQ)?;
+        let last_activity: Millis = get_n(&item, member::LAST_SEQ_AT)?;
         let stored: Seq = get_n(&item, member::ACKED_SEQ)?;
         // A cursor beyond the head acknowledges the head.
         let target = acked.min(head);
@@ -349,6 +383,85 @@ impl DynamoStore {
                 return Err(unavailable(error));
             }
         }
-        Ok(head)
+        Ok(Presence {
+            head,
+            last_activity,
+        })
+    }
+
+    /// Folds the posts departed members made in their flood-limit windows into the room item
+    /// ([`SpentPosts::keep`]), replacing its version so that a join that read the room before
+    /// runs again and sees them. Nothing to do when no window is still open.
+    async fn keep_spent_posts(
+        &self,
+        room: &RoomId,
+        leaving: &[SpentPosts],
+        timing: Timing,
+    ) -> Result<(), StoreError> {
+        let window_ms = timing.post_window_ms;
+        let fold = |kept: SpentPosts| {
+            leaving
+                .iter()
+                .fold(kept, |kept, spent| kept.keep(*spent, timing.now, window_ms))
+        };
+        if fold(SpentPosts::default()) == SpentPosts::default() {
+            return Ok(());
+        }
+        let room_key = key(room_pk(room), ROOM_SK.to_owned());
+        for _ in 0..MAX_JOIN_ATTEMPTS {
+            self.count_read();
+            let item = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(room_key.clone()))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(unavailable)?
+                .item;
+            // No room item: TTL took it, long after any window closed.
+            let Some(item) = item else { return Ok(()) };
+            let version = get_s(&item, ROOM_VERSION)?.to_owned();
+            let limits = RoomLimits::from_item(&item)?;
+            let kept = fold(limits.spent);
+            if kept == limits.spent {
+                return Ok(());
+            }
+            let expires = limits
+                .expires_at_ms
+                .max(kept.window.saturating_add(window_ms));
+            self.count_write(1);
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(room_key.clone()))
+                .update_expression(format!(
+                    "SET #version = :new, {window} = :window, {count} = :count, \
+                     {EXPIRES_AT_MS} = :expiresMs, {EXPIRES_AT} = :expires",
+                    window = items::room::SPENT_WINDOW,
+                    count = items::room::SPENT_COUNT,
+                ))
+                .condition_expression("#version = :old")
+                .expression_attribute_names("#version", ROOM_VERSION)
+                .expression_attribute_values(":new", s(ulid::Ulid::new().to_string()))
+                .expression_attribute_values(":old", s(version))
+                .expression_attribute_values(":window", n(kept.window))
+                .expression_attribute_values(":count", n(kept.count))
+                .expression_attribute_values(":expiresMs", n(expires))
+                .expression_attribute_values(":expires", n(ttl_seconds(expires)))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                // A join or another departure changed the room since the read: fold again.
+                Err(error) if condition_failed(&error) => {}
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
+        Err(unavailable_because(
+            "the room kept changing during the departure",
+        ))
     }
 }

@@ -14,7 +14,7 @@ use super::*;
 use crate::clock::now_millis;
 use crate::ids::MessageId;
 use crate::message::{MessageKind, Outgoing, StoredMessage};
-use crate::store::conformance::{join, post_one, timing};
+use crate::store::conformance::{OPEN_JOINS, join, post_one, timing};
 
 /// One table per test process, created on first use.
 static TABLE: OnceCell<String> = OnceCell::const_new();
@@ -317,6 +317,7 @@ async fn concurrent_joins_never_exceed_capacity() {
                         name: None,
                         capacity: 4,
                         inbox_limit: 10_000,
+                        join_rate: OPEN_JOINS,
                         timing: timing(0),
                     })
                     .await

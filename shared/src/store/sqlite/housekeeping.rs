@@ -24,9 +24,10 @@ pub const LEASE_MS: Millis = 300_000;
 const LEASE: &str = "housekeeping";
 
 /// The tables housekeeping empties of expired rows, with their primary key columns.
-const EXPIRING: [(&str, &str); 2] = [
+const EXPIRING: [(&str, &str); 3] = [
     ("messages", "room, recipient, seq"),
     ("sent_ids", "room, sender, client_id"),
+    ("rooms", "room"),
 ];
 
 impl SqliteStore {

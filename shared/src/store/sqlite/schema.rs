@@ -23,7 +23,7 @@ const JOURNAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
 /// One step per version: `MIGRATIONS[n]` brings a file from version `n` to `n + 1`. Append
 /// new steps; never edit a released one.
 const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] =
-    &[baseline, leases, wake_addresses];
+    &[baseline, leases, wake_addresses, room_limits];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -110,6 +110,26 @@ fn leases(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
 /// learn where to ring from the member rows they read anyway.
 fn wake_addresses(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
     transaction.execute_batch("ALTER TABLE members ADD COLUMN waits_at TEXT")
+}
+
+/// Version 4: limits that must hold across processes kept per room (the join limit's
+/// theoretical arrival time, and the posts of departed members in a window still open), and
+/// each inbox's last activity, which bounds what a poll cursor may claim. A room row expires
+/// once it says nothing any more (the join budget full again, the window closed); files from
+/// before start with every room's budget full and every inbox active as of its last poll.
+fn room_limits(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
+    transaction.execute_batch(
+        "CREATE TABLE rooms (
+             room TEXT PRIMARY KEY,
+             join_tat INTEGER NOT NULL DEFAULT 0,    -- the join limit's theoretical arrival time
+             spent_window INTEGER NOT NULL DEFAULT 0, -- departed members' busiest open window
+             spent_count INTEGER NOT NULL DEFAULT 0,  -- and the posts made in it
+             expires_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX rooms_expires_at ON rooms (expires_at);
+         ALTER TABLE members ADD COLUMN last_activity INTEGER NOT NULL DEFAULT 0;
+         UPDATE members SET last_activity = last_seen;",
+    )
 }
 
 fn refused(message: String) -> StoreError {
