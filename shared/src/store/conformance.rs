@@ -38,6 +38,8 @@ macro_rules! store_conformance_tests {
             rate_limit_counts_each_members_posts_per_window,
             expired_unread_messages_free_the_inbox,
             notices_of_joins_count_against_the_inbox_limit,
+            the_join_limit_is_kept_per_room,
+            rejoining_continues_the_departed_members_post_count,
             housekeeping_sweeps_abandoned_rooms,
             health_answers
         );
@@ -1031,4 +1033,159 @@ pub async fn notices_of_joins_count_against_the_inbox_limit(store: Arc<dyn Store
         .join(join_limited(&PeerId::mint()))
         .await
         .expect("a join once the victim has read");
+}
+
+/// `start` moved on by `offset_ms`: cases whose arithmetic is exact count from one instant,
+/// however long the store takes between their calls.
+fn shifted(start: Timing, offset_ms: i64) -> Timing {
+    Timing {
+        now: start.now + offset_ms,
+        expires_at: start.expires_at + offset_ms,
+        stale_before: start.stale_before + offset_ms,
+        post_window_ms: start.post_window_ms,
+    }
+}
+
+/// A join to `room` (capacity 2) under `rate` at `timing`.
+fn rated_join(room: &RoomId, peer: &PeerId, rate: RoomJoinRate, timing: Timing) -> JoinRequest {
+    JoinRequest {
+        room: room.clone(),
+        peer: peer.clone(),
+        name: None,
+        capacity: 2,
+        inbox_limit: 10_000,
+        join_rate: rate,
+        timing,
+    }
+}
+
+pub async fn the_join_limit_is_kept_per_room(store: Arc<dyn Store>) {
+    // Kept in the store, so every process sharing it (Lambda instances, the functions under
+    // watch) counts the same joins: a burst, then one join per period.
+    let room = unique_room("join-limit");
+    let rate = RoomJoinRate {
+        burst: 3,
+        period_ms: 10_000,
+    };
+    let start = timing(0);
+    let at = |offset_ms| shifted(start, offset_ms);
+    for _ in 0..3 {
+        let peer = PeerId::mint();
+        store
+            .join(rated_join(&room, &peer, rate, at(0)))
+            .await
+            .expect("within the burst");
+        store
+            .leave(&room, &peer, at(0))
+            .await
+            .expect("leaves");
+    }
+    let refused = store.join(rated_join(&room, &PeerId::mint(), rate, at(0))).await;
+    assert!(
+        matches!(refused, Err(StoreError::JoinsLimited { retry_after: 10 })),
+        "the fourth join at once waits a whole period: {refused:?}"
+    );
+    let refused = store
+        .join(rated_join(&room, &PeerId::mint(), rate, at(9_500)))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::JoinsLimited { retry_after: 1 })),
+        "a refused join does not count, and Retry-After is at least 1 s: {refused:?}"
+    );
+    store
+        .join(rated_join(&room, &PeerId::mint(), rate, at(10_000)))
+        .await
+        .expect("one more join per period");
+    store
+        .join(rated_join(&unique_room("join-limit-elsewhere"), &PeerId::mint(), rate, at(0)))
+        .await
+        .expect("the limit is per room");
+
+    // A join refused for another reason (the room is full) does not spend the budget.
+    let full = unique_room("join-limit-full");
+    for _ in 0..2 {
+        store
+            .join(rated_join(&full, &PeerId::mint(), rate, at(0)))
+            .await
+            .expect("room has space");
+    }
+    assert!(matches!(
+        store.join(rated_join(&full, &PeerId::mint(), rate, at(0))).await,
+        Err(StoreError::RoomFull)
+    ));
+    assert!(
+        matches!(
+            store.join(rated_join(&full, &PeerId::mint(), rate, at(0))).await,
+            Err(StoreError::RoomFull)
+        ),
+        "still full, not limited: the refused join was not counted"
+    );
+}
+
+pub async fn rejoining_continues_the_departed_members_post_count(store: Arc<dyn Store>) {
+    // Leaving and joining again must not earn a fresh post budget within the window.
+    let room = unique_room("rejoin-posts");
+    let (victim, alice) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &victim).await;
+    join(&*store, &room, &alice).await;
+    let limit = RateLimit {
+        posts: 3,
+        window_ms: 10_000,
+    };
+    let start = timing(0);
+    let at = |offset_ms| shifted(start, offset_ms);
+    let post = |from: &PeerId, text: &str, offset_ms: i64| {
+        let request = PostRequest {
+            rate_limit: limit,
+            timing: at(offset_ms),
+            ..post_request(&room, from, vec![app_message(Some(&victim), text, None)])
+        };
+        let store = Arc::clone(&store);
+        async move { store.post(request).await }
+    };
+    for i in 0..3 {
+        post(&alice, &format!("a{i}"), 0).await.expect("within the limit");
+    }
+    store.leave(&room, &alice, at(0)).await.expect("leaves");
+    let again = PeerId::mint();
+    join(&*store, &room, &again).await;
+    let refused = post(&again, "again", 1_000).await;
+    assert!(
+        matches!(refused, Err(StoreError::RateLimited { retry_after: 9 })),
+        "the rejoined member continues the count of the one that left: {refused:?}"
+    );
+    // Handed on once more by its departure, then to nobody after the window.
+    store.leave(&room, &again, at(1_000)).await.expect("leaves");
+    let third = PeerId::mint();
+    join(&*store, &room, &third).await;
+    assert!(matches!(
+        post(&third, "third", 2_000).await,
+        Err(StoreError::RateLimited { .. })
+    ));
+    post(&third, "later", 10_000)
+        .await
+        .expect("a new window opens when the departed one ends");
+    post(&victim, "victim", 0)
+        .await
+        .expect("the member that stayed keeps its own count");
+
+    // A member that leaves after its window closed hands on nothing.
+    let quiet = unique_room("rejoin-quiet");
+    let (bob, carol) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &quiet, &victim).await;
+    join(&*store, &quiet, &bob).await;
+    let post_quiet = |from: &PeerId, offset_ms: i64| PostRequest {
+        rate_limit: limit,
+        timing: at(offset_ms),
+        ..post_request(&quiet, from, vec![app_message(Some(&victim), "q", None)])
+    };
+    for _ in 0..3 {
+        store.post(post_quiet(&bob, -20_000)).await.expect("within the limit");
+    }
+    store.leave(&quiet, &bob, at(0)).await.expect("leaves");
+    join(&*store, &quiet, &carol).await;
+    store
+        .post(post_quiet(&carol, 0))
+        .await
+        .expect("the departed member's window had closed");
 }
