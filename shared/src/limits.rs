@@ -164,12 +164,21 @@ mod tests {
         for _ in 0..6 {
             tat = Some(rate.admit(tat, now).expect("within the burst"));
         }
-        assert_eq!(rate.admit(tat, now), Err(10), "the seventh waits a whole window");
+        assert_eq!(
+            rate.admit(tat, now),
+            Err(10),
+            "the seventh waits a whole window"
+        );
         assert_eq!(rate.admit(tat, now + 9_001), Err(1));
         let later = rate.admit(tat, now + 10_000).expect("one more per window");
         assert_eq!(rate.admit(Some(later), now + 10_000), Err(10));
         // A budget left unused for long is full again, never more than full.
-        let rested = (0..6).try_fold(Some(later), |tat, _| rate.admit(tat, now + 600_000).map(Some));
-        assert_eq!(rate.admit(rested.expect("a full burst"), now + 600_000), Err(10));
+        let rested = (0..6).try_fold(Some(later), |tat, _| {
+            rate.admit(tat, now + 600_000).map(Some)
+        });
+        assert_eq!(
+            rate.admit(rested.expect("a full burst"), now + 600_000),
+            Err(10)
+        );
     }
 }

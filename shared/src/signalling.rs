@@ -537,3 +537,6 @@ fn seconds_to_millis(seconds: u64) -> Millis {
         .unwrap_or(i64::MAX / 1000)
         .saturating_mul(1000)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1075,12 +1075,11 @@ pub async fn the_join_limit_is_kept_per_room(store: Arc<dyn Store>) {
             .join(rated_join(&room, &peer, rate, at(0)))
             .await
             .expect("within the burst");
-        store
-            .leave(&room, &peer, at(0))
-            .await
-            .expect("leaves");
+        store.leave(&room, &peer, at(0)).await.expect("leaves");
     }
-    let refused = store.join(rated_join(&room, &PeerId::mint(), rate, at(0))).await;
+    let refused = store
+        .join(rated_join(&room, &PeerId::mint(), rate, at(0)))
+        .await;
     assert!(
         matches!(refused, Err(StoreError::JoinsLimited { retry_after: 10 })),
         "the fourth join at once waits a whole period: {refused:?}"
@@ -1097,7 +1096,12 @@ pub async fn the_join_limit_is_kept_per_room(store: Arc<dyn Store>) {
         .await
         .expect("one more join per period");
     store
-        .join(rated_join(&unique_room("join-limit-elsewhere"), &PeerId::mint(), rate, at(0)))
+        .join(rated_join(
+            &unique_room("join-limit-elsewhere"),
+            &PeerId::mint(),
+            rate,
+            at(0),
+        ))
         .await
         .expect("the limit is per room");
 
@@ -1110,12 +1114,16 @@ pub async fn the_join_limit_is_kept_per_room(store: Arc<dyn Store>) {
             .expect("room has space");
     }
     assert!(matches!(
-        store.join(rated_join(&full, &PeerId::mint(), rate, at(0))).await,
+        store
+            .join(rated_join(&full, &PeerId::mint(), rate, at(0)))
+            .await,
         Err(StoreError::RoomFull)
     ));
     assert!(
         matches!(
-            store.join(rated_join(&full, &PeerId::mint(), rate, at(0))).await,
+            store
+                .join(rated_join(&full, &PeerId::mint(), rate, at(0)))
+                .await,
             Err(StoreError::RoomFull)
         ),
         "still full, not limited: the refused join was not counted"
@@ -1144,7 +1152,9 @@ pub async fn rejoining_continues_the_departed_members_post_count(store: Arc<dyn 
         async move { store.post(request).await }
     };
     for i in 0..3 {
-        post(&alice, &format!("a{i}"), 0).await.expect("within the limit");
+        post(&alice, &format!("a{i}"), 0)
+            .await
+            .expect("within the limit");
     }
     store.leave(&room, &alice, at(0)).await.expect("leaves");
     let again = PeerId::mint();
@@ -1180,7 +1190,10 @@ pub async fn rejoining_continues_the_departed_members_post_count(store: Arc<dyn 
         ..post_request(&quiet, from, vec![app_message(Some(&victim), "q", None)])
     };
     for _ in 0..3 {
-        store.post(post_quiet(&bob, -20_000)).await.expect("within the limit");
+        store
+            .post(post_quiet(&bob, -20_000))
+            .await
+            .expect("within the limit");
     }
     store.leave(&quiet, &bob, at(0)).await.expect("leaves");
     join(&*store, &quiet, &carol).await;

@@ -376,7 +376,10 @@ mod tests {
     fn a_departure_keeps_the_busiest_open_window() {
         let spent = |window, count| SpentPosts { window, count };
         let none = SpentPosts::default();
-        assert_eq!(none.keep(spent(1_000, 100), 5_000, 10_000), spent(1_000, 100));
+        assert_eq!(
+            none.keep(spent(1_000, 100), 5_000, 10_000),
+            spent(1_000, 100)
+        );
         // Whichever order they leave in, the busier open window is kept.
         let busy = spent(1_000, 100);
         let light = spent(4_000, 3);

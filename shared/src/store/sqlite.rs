@@ -275,15 +275,17 @@ fn room_limits(transaction: &Transaction<'_>, room: &RoomId) -> Result<RoomLimit
         })
         .optional()
         .map_err(store_error)?;
-    Ok(row.map_or_else(RoomLimits::default, |(join_tat, window, count)| {
-        RoomLimits {
-            join_tat: Some(join_tat),
-            spent: SpentPosts {
-                window,
-                count: u64::try_from(count).unwrap_or(0),
-            },
-        }
-    }))
+    Ok(
+        row.map_or_else(RoomLimits::default, |(join_tat, window, count)| {
+            RoomLimits {
+                join_tat: Some(join_tat),
+                spent: SpentPosts {
+                    window,
+                    count: u64::try_from(count).unwrap_or(0),
+                },
+            }
+        }),
+    )
 }
 
 /// Writes a room's limits; the row expires once it says nothing more than a missing one (the
