@@ -252,12 +252,8 @@ async fn connections_are_capped_per_client_address() {
 /// with peer-joined/peer-left nor earn fresh post budgets beyond one per window.
 #[tokio::test]
 async fn join_leave_cycling_is_limited_per_room() {
-    // The per-room join limit counts per process (README, "Abuse resistance"): under watch the
-    // joins spread over several `join` instances and each allows the same burst, so the bound
-    // asserted here holds for one process only. A store-wide limit is open in issue 15.
-    if standalone_only("the per-room join limit counts per process (open in issue 15)") {
-        return;
-    }
+    // The per-room join limit is kept in the store, so it holds under watch too, where the
+    // joins spread over several `join` processes.
     let server = Server::start_with(&[
         ("SIGNALPOST_MAX_PEERS", "2"),
         ("SIGNALPOST_JOIN_LIMIT", "100000"),
@@ -311,13 +307,56 @@ async fn join_leave_cycling_is_limited_per_room() {
             .is_some_and(|detail| detail.contains("room")),
         "{problem}"
     );
-    // A room of 2 admits 4 joins at once (the victim's among them): 3 fresh post budgets.
+    // A room of 2 admits 4 joins at once (the victim's among them), and each rejoin continues
+    // the count of the member that left: one post budget in all.
     assert!(
-        accepted_posts <= 3 * 100,
+        accepted_posts <= 100,
         "rejoining handed out {accepted_posts} posts"
     );
     // The victim, and later joins, are not locked out of other rooms.
     join(&server, &crate::support::room(), "elsewhere").await;
+}
+
+/// Leaving and joining again does not earn a fresh post budget: join, post up to the limit,
+/// leave, rejoin, post: 429 within the same window, in every deployment.
+#[tokio::test]
+async fn rejoining_does_not_reset_the_post_limit() {
+    let server = Server::start();
+    let room = room();
+    let victim = join(&server, &room, "victim").await;
+    let client = http();
+    let post = |token: String| {
+        let request = client
+            .post(server.url(&format!("/v1/rooms/{room}/messages")))
+            .bearer_auth(token)
+            .json(&json!({"to": victim.id, "type": "message"}));
+        async move { request.send().await.expect("post") }
+    };
+    let flooder = join(&server, &room, "flooder").await;
+    for index in 0..100 {
+        let response = post(flooder.token.clone()).await;
+        assert_eq!(response.status(), 202, "post {index} within the limit");
+    }
+    let response = client
+        .delete(server.url(&format!("/v1/rooms/{room}/peers/{}", flooder.id)))
+        .bearer_auth(&flooder.token)
+        .send()
+        .await
+        .expect("leave");
+    assert_eq!(response.status(), 204);
+    let again = join(&server, &room, "flooder").await;
+    let refused = post(again.token.clone()).await;
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    let problem = assert_problem(refused, 429, "rate-limited").await;
+    assert!(
+        (1..=10).contains(&retry_after),
+        "Retry-After {retry_after}: {problem}"
+    );
 }
 
 /// One address cannot join rooms without limit (SIGNALPOST_JOIN_LIMIT a minute).
