@@ -2,19 +2,17 @@
 //! bucket that needs no timer task): over the limit is `429` with `Retry-After` and a problem
 //! document.
 //!
-//! Two limits on joins today, both in [`crate::signalling::Signalling::join`] so they hold in
-//! every deployment:
-//! - per client address, where the address is known (the standalone server: the connection's
-//!   peer, or with `SIGNALPOST_TRUST_PROXY` the address its proxy saw). In Lambda, API
-//!   Gateway's throttling does this job;
-//! - per room: a burst of twice the room's capacity, then one join per post-rate window
+//! - [`ClientLimits`]: joins, polls and posts per client address a minute, where the address is
+//!   known (the standalone server: the connection's peer, or behind proxies named by
+//!   `SIGNALPOST_TRUST_PROXY` the address they saw, see [`crate::proxy`]). Checked by a route
+//!   layer before the request is read (`crate::http`). In Lambda, API Gateway's throttling
+//!   does this job;
+//! - per room, in [`crate::signalling::Signalling::join`] so it holds in every deployment: a burst of twice the room's capacity, then one join per post-rate window
 //!   ([`crate::signalling::RATE_WINDOW`]). Join/leave cycling then cannot flood a member's
 //!   inbox with `peer-joined` and `peer-left`, and since each membership has its own post
 //!   budget, rejoining earns a fresh one at most once per window however many addresses the
 //!   flooder has: a room's members together post at most (capacity + 1) budgets per window.
 //!   It is per process: several processes (Lambda instances) each allow the same rate.
-//!
-//! Per-client limits on other routes (polls, posts) are one more [`KeyedLimit`] each.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -60,16 +58,68 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 }
 
-/// The limits on joins.
+/// The requests a client address is limited in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    Join,
+    Poll,
+    Post,
+}
+
+/// Joins, polls and posts per client address a minute, each all at once if saved up; a limit
+/// that is `None` is off.
+pub struct ClientLimits {
+    joins: Option<KeyedLimit<IpAddr>>,
+    polls: Option<KeyedLimit<IpAddr>>,
+    posts: Option<KeyedLimit<IpAddr>>,
+}
+
+impl ClientLimits {
+    /// The limits per minute.
+    pub fn new(
+        joins: Option<NonZeroU32>,
+        polls: Option<NonZeroU32>,
+        posts: Option<NonZeroU32>,
+    ) -> Self {
+        let per_minute = |limit: Option<NonZeroU32>, what| {
+            limit.map(|limit| KeyedLimit::new(Quota::per_minute(limit), what))
+        };
+        Self {
+            joins: per_minute(joins, "joins from this address"),
+            polls: per_minute(polls, "polls from this address"),
+            posts: per_minute(posts, "posts from this address"),
+        }
+    }
+
+    /// Counts one `request` from `client`, or refuses it with `429`.
+    pub fn check(&self, request: ClientRequest, client: IpAddr) -> Result<(), ApiError> {
+        let limit = match request {
+            ClientRequest::Join => &self.joins,
+            ClientRequest::Poll => &self.polls,
+            ClientRequest::Post => &self.posts,
+        };
+        limit.as_ref().map_or(Ok(()), |limit| limit.check(&client))
+    }
+
+    /// Forgets clients whose budgets are full again.
+    pub fn forget_idle(&self) {
+        for limit in [&self.joins, &self.polls, &self.posts]
+            .into_iter()
+            .flatten()
+        {
+            limit.forget_idle();
+        }
+    }
+}
+
+/// The limit on joins per room.
 pub struct JoinLimits {
-    pub per_client: KeyedLimit<IpAddr>,
     pub per_room: KeyedLimit<RoomId>,
 }
 
 impl JoinLimits {
-    /// `per_client` joins a minute per client address (all at once if saved up); per room,
-    /// twice `capacity` at once and then one per `window`.
-    pub fn new(per_client: NonZeroU32, capacity: usize, window: Duration) -> Self {
+    /// Per room, twice `capacity` at once and then one per `window`.
+    pub fn new(capacity: usize, window: Duration) -> Self {
         let burst = u32::try_from(capacity.saturating_mul(2))
             .ok()
             .and_then(NonZeroU32::new)
@@ -78,14 +128,12 @@ impl JoinLimits {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
         Self {
-            per_client: KeyedLimit::new(Quota::per_minute(per_client), "joins from this address"),
             per_room: KeyedLimit::new(per_room, "joins to this room"),
         }
     }
 
-    /// Forgets idle clients and rooms.
+    /// Forgets idle rooms.
     pub fn forget_idle(&self) {
-        self.per_client.forget_idle();
         self.per_room.forget_idle();
     }
 }
@@ -126,8 +174,32 @@ mod tests {
     }
 
     #[test]
+    fn each_request_kind_has_its_own_budget_per_client_and_off_is_unlimited() {
+        let two = NonZeroU32::new(2);
+        let limits = ClientLimits::new(two, two, None);
+        let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+        for _ in 0..2 {
+            limits.check(ClientRequest::Join, a).expect("within");
+            limits.check(ClientRequest::Poll, a).expect("within");
+        }
+        for request in [ClientRequest::Join, ClientRequest::Poll] {
+            assert!(matches!(
+                limits.check(request, a),
+                Err(ApiError::RateLimited { .. })
+            ));
+            limits
+                .check(request, b)
+                .expect("another address has its own");
+        }
+        for _ in 0..1000 {
+            limits.check(ClientRequest::Post, a).expect("posts are off");
+        }
+        limits.forget_idle();
+    }
+
+    #[test]
     fn a_room_admits_twice_its_capacity_at_once_then_one_per_window() {
-        let limits = JoinLimits::new(NonZeroU32::MAX, 3, Duration::from_secs(10));
+        let limits = JoinLimits::new(3, Duration::from_secs(10));
         let room = RoomId::parse("r").expect("valid");
         for _ in 0..6 {
             limits.per_room.check(&room).expect("within the burst");
