@@ -335,13 +335,7 @@ async fn joins_are_limited_per_client_address() {
         .send()
         .await
         .expect("join");
-    let problem = assert_problem(response, 429, "rate-limited").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|detail| detail.contains("address")),
-        "{problem}"
-    );
+    assert_limited_per_address(response, "joins").await;
 }
 
 /// With SIGNALPOST_TRUST_PROXY the address is the proxy's last X-Forwarded-For entry.
