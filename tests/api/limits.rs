@@ -512,44 +512,19 @@ async fn a_flooding_address_is_limited_while_another_keeps_its_call() {
             assert_eq!(seen, kinds, "what {} received", peer["peer"]);
         }
     };
-    let mut expected = vec!["offer"];
-    assert_eq!(
-        send(&alice, &bob, "offer", crate::support::description("offer"))
-            .await
-            .expect("send")
-            .status(),
-        202
-    );
-    for n in 0..5 {
-        let status = send(&alice, &bob, "candidate", crate::support::candidate(n))
-            .await
-            .expect("send")
-            .status();
-        assert_eq!(status, 202);
-        expected.push("candidate");
+    for (from, to, description) in [(&alice, &bob, "offer"), (&bob, &alice, "answer")] {
+        let mut sent = vec![(description, crate::support::description(description))];
+        sent.extend((0..5).map(|n| ("candidate", crate::support::candidate(n))));
+        for (kind, data) in &sent {
+            let status = send(from, to, kind, data.clone())
+                .await
+                .expect("send")
+                .status();
+            assert_eq!(status, 202, "{kind}");
+        }
+        let kinds = sent.iter().map(|(kind, _)| *kind).collect();
+        receive(to.clone(), id(from), kinds).await;
     }
-    receive(bob.clone(), id(&alice), expected.clone()).await;
-    expected[0] = "answer";
-    assert_eq!(
-        send(
-            &bob,
-            &alice,
-            "answer",
-            crate::support::description("answer")
-        )
-        .await
-        .expect("send")
-        .status(),
-        202
-    );
-    for n in 0..5 {
-        let status = send(&bob, &alice, "candidate", crate::support::candidate(n))
-            .await
-            .expect("send")
-            .status();
-        assert_eq!(status, 202);
-    }
-    receive(alice.clone(), id(&bob), expected).await;
 }
 
 /// `X-Forwarded-For` counts only from a proxy `SIGNALPOST_TRUST_PROXY` names: from any other
