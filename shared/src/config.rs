@@ -3,6 +3,7 @@
 //! instead of surfacing later as a confusing error.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -10,6 +11,7 @@ use rand::RngCore;
 use thiserror::Error;
 
 use crate::ice::TurnConfig;
+use crate::proxy::{NotAnAddress, TrustProxy};
 
 /// Where the code runs, which decides what a missing secret means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,10 +76,13 @@ pub struct Config {
     pub max_inbox: u64,
     /// Most posts one peer may make per 10 seconds.
     pub rate_limit: u64,
-    /// Most joins per minute from one client address (where the address is known).
-    pub join_limit: u32,
-    /// Take the client address from the last `X-Forwarded-For` entry (behind a proxy).
-    pub trust_proxy: bool,
+    /// Most joins, polls and posts per minute from one client address (where the address is
+    /// known: the standalone server); `None` when switched off.
+    pub join_limit: Option<NonZeroU32>,
+    pub poll_limit: Option<NonZeroU32>,
+    pub post_limit: Option<NonZeroU32>,
+    /// The proxies whose `X-Forwarded-For` names the client.
+    pub trust_proxy: TrustProxy,
     /// Most open connections of the standalone server, in total and per client address.
     pub max_connections: usize,
     pub max_client_connections: usize,
@@ -250,9 +255,27 @@ impl Config {
             // Trickle ICE with batching needs a few dozen posts per negotiation; a flooder
             // wants thousands.
             rate_limit: number(&var, "SIGNALPOST_RATE_LIMIT", 100, 1..=100_000)?,
-            join_limit: u32::try_from(number(&var, "SIGNALPOST_JOIN_LIMIT", 60, 1..=1_000_000)?)
-                .unwrap_or(60),
-            trust_proxy: boolean(&var, "SIGNALPOST_TRUST_PROXY")?,
+            join_limit: per_minute(&var, "SIGNALPOST_JOIN_LIMIT", 60)?,
+            // Above what 8 peers behind one address do even at their own post limit
+            // (SIGNALPOST_RATE_LIMIT, 600 a minute each), and far above a call's few dozen.
+            poll_limit: per_minute(&var, "SIGNALPOST_POLL_LIMIT", 6000)?,
+            post_limit: per_minute(&var, "SIGNALPOST_POST_LIMIT", 6000)?,
+            trust_proxy: var("SIGNALPOST_TRUST_PROXY")
+                .map(|value| {
+                    value
+                        .parse()
+                        .map_err(|error: NotAnAddress| ConfigError::Invalid {
+                            name: "SIGNALPOST_TRUST_PROXY",
+                            value,
+                            reason: format!(
+                                "{:?} is not an address or a network: expected true, false, or a \
+                             comma-separated list of proxy addresses and CIDRs",
+                                error.0
+                            ),
+                        })
+                })
+                .transpose()?
+                .unwrap_or_default(),
             max_connections: usize::try_from(number(
                 &var,
                 "SIGNALPOST_MAX_CONNECTIONS",
@@ -311,6 +334,19 @@ fn number(
             ),
         }),
     }
+}
+
+/// A per-minute limit, or `None` for `off`.
+fn per_minute(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u32,
+) -> Result<Option<NonZeroU32>, ConfigError> {
+    if var(name).is_some_and(|value| value.trim() == "off") {
+        return Ok(None);
+    }
+    let limit = number(var, name, u64::from(default), 1..=1_000_000)?;
+    Ok(u32::try_from(limit).ok().and_then(NonZeroU32::new))
 }
 
 fn boolean(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
@@ -435,6 +471,9 @@ mod tests {
             ("SIGNALPOST_LISTEN", "nowhere"),
             ("SIGNALPOST_PRESENCE_TIMEOUT", "20"),
             ("SIGNALPOST_TURN_URLS", "turn:x"),
+            ("SIGNALPOST_POLL_LIMIT", "0"),
+            ("SIGNALPOST_POST_LIMIT", "none"),
+            ("SIGNALPOST_TRUST_PROXY", "10.0.0.0/8, proxy.example"),
         ] {
             assert!(
                 config(Deployment::Standalone, &[(name, value)]).is_err(),
@@ -470,6 +509,41 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn per_client_limits_have_defaults_and_switch_off() {
+        let defaults = config(Deployment::Standalone, &[]).expect("valid");
+        let per_minute = |limit: Option<NonZeroU32>| limit.map(NonZeroU32::get);
+        assert_eq!(
+            (
+                per_minute(defaults.join_limit),
+                per_minute(defaults.poll_limit),
+                per_minute(defaults.post_limit)
+            ),
+            (Some(60), Some(6000), Some(6000))
+        );
+        assert_eq!(defaults.trust_proxy, TrustProxy::Nobody);
+        let set = config(
+            Deployment::Standalone,
+            &[
+                ("SIGNALPOST_JOIN_LIMIT", "off"),
+                ("SIGNALPOST_POLL_LIMIT", "120"),
+                ("SIGNALPOST_POST_LIMIT", " off "),
+                ("SIGNALPOST_TRUST_PROXY", "10.0.0.0/8,192.0.2.1"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            (set.join_limit, per_minute(set.poll_limit), set.post_limit),
+            (None, Some(120), None)
+        );
+        assert!(matches!(set.trust_proxy, TrustProxy::Named(ref proxies) if proxies.len() == 2));
+        let legacy = config(
+            Deployment::Standalone,
+            &[("SIGNALPOST_TRUST_PROXY", "true")],
+        );
+        assert_eq!(legacy.expect("valid").trust_proxy, TrustProxy::AnyPeer);
     }
 
     #[test]

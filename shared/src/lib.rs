@@ -18,6 +18,7 @@ pub mod lambda;
 pub mod limits;
 pub mod message;
 pub mod poll_slots;
+pub mod proxy;
 pub mod signalling;
 pub mod store;
 pub mod token;

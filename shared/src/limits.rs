@@ -2,19 +2,18 @@
 //! bucket that needs no timer task): over the limit is `429` with `Retry-After` and a problem
 //! document.
 //!
-//! Two limits on joins:
-//! - per client address, where the address is known (the standalone server: the connection's
-//!   peer, or with `SIGNALPOST_TRUST_PROXY` the address its proxy saw), in memory here and
-//!   checked in [`crate::signalling::Signalling::join`]. In Lambda, API Gateway's throttling
-//!   does this job;
+//! Two kinds of limit:
+//! - [`ClientLimits`]: joins, polls and posts per client address a minute, where the address is
+//!   known (the standalone server: the connection's peer, or behind proxies named by
+//!   `SIGNALPOST_TRUST_PROXY` the address they saw, see [`crate::proxy`]), in memory here and
+//!   checked by a route layer before the request is read (`crate::http`). In Lambda, API
+//!   Gateway's throttling does this job;
 //! - per room: a burst of twice the room's capacity, then one join per post-rate window
 //!   ([`crate::signalling::RATE_WINDOW`]), so join/leave cycling cannot flood a member's inbox
 //!   with `peer-joined` and `peer-left`. It must hold across processes (Lambda instances, the
 //!   functions under `cargo lambda watch`), so it lives in the store, on the room, written in
 //!   the join's own transaction: [`RoomJoinRate`] is its arithmetic, the stores only keep its
 //!   one number.
-//!
-//! Per-client limits on other routes (polls, posts) are one more [`KeyedLimit`] each.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -60,22 +59,57 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 }
 
-/// The limits on joins kept in memory.
-pub struct JoinLimits {
-    pub per_client: KeyedLimit<IpAddr>,
+/// The requests a client address is limited in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    Join,
+    Poll,
+    Post,
 }
 
-impl JoinLimits {
-    /// `per_client` joins a minute per client address (all at once if saved up).
-    pub fn new(per_client: NonZeroU32) -> Self {
+/// Joins, polls and posts per client address a minute, each all at once if saved up; a limit
+/// that is `None` is off.
+pub struct ClientLimits {
+    joins: Option<KeyedLimit<IpAddr>>,
+    polls: Option<KeyedLimit<IpAddr>>,
+    posts: Option<KeyedLimit<IpAddr>>,
+}
+
+impl ClientLimits {
+    /// The limits per minute.
+    pub fn new(
+        joins: Option<NonZeroU32>,
+        polls: Option<NonZeroU32>,
+        posts: Option<NonZeroU32>,
+    ) -> Self {
+        let per_minute = |limit: Option<NonZeroU32>, what| {
+            limit.map(|limit| KeyedLimit::new(Quota::per_minute(limit), what))
+        };
         Self {
-            per_client: KeyedLimit::new(Quota::per_minute(per_client), "joins from this address"),
+            joins: per_minute(joins, "joins from this address"),
+            polls: per_minute(polls, "polls from this address"),
+            posts: per_minute(posts, "posts from this address"),
         }
     }
 
-    /// Forgets idle clients.
+    /// Counts one `request` from `client`, or refuses it with `429`.
+    pub fn check(&self, request: ClientRequest, client: IpAddr) -> Result<(), ApiError> {
+        let limit = match request {
+            ClientRequest::Join => &self.joins,
+            ClientRequest::Poll => &self.polls,
+            ClientRequest::Post => &self.posts,
+        };
+        limit.as_ref().map_or(Ok(()), |limit| limit.check(&client))
+    }
+
+    /// Forgets clients whose budgets are full again.
     pub fn forget_idle(&self) {
-        self.per_client.forget_idle();
+        for limit in [&self.joins, &self.polls, &self.posts]
+            .into_iter()
+            .flatten()
+        {
+            limit.forget_idle();
+        }
     }
 }
 
@@ -154,6 +188,30 @@ mod tests {
             other => panic!("not refused: {other:?}"),
         }
         limit.check(&"b").expect("another key has its own budget");
+    }
+
+    #[test]
+    fn each_request_kind_has_its_own_budget_per_client_and_off_is_unlimited() {
+        let two = NonZeroU32::new(2);
+        let limits = ClientLimits::new(two, two, None);
+        let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+        for _ in 0..2 {
+            limits.check(ClientRequest::Join, a).expect("within");
+            limits.check(ClientRequest::Poll, a).expect("within");
+        }
+        for request in [ClientRequest::Join, ClientRequest::Poll] {
+            assert!(matches!(
+                limits.check(request, a),
+                Err(ApiError::RateLimited { .. })
+            ));
+            limits
+                .check(request, b)
+                .expect("another address has its own");
+        }
+        for _ in 0..1000 {
+            limits.check(ClientRequest::Post, a).expect("posts are off");
+        }
+        limits.forget_idle();
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! which deployment it runs in.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::ice::{IceServer, ice_servers};
 use crate::ids::{MessageId, PeerId, RoomId};
-use crate::limits::{JoinLimits, RoomJoinRate};
+use crate::limits::{ClientLimits, ClientRequest, RoomJoinRate};
 use crate::message::{Outgoing, StoredMessage};
 use crate::poll_slots::PollSlots;
 use crate::store::{Departures, Doorbell, JoinRequest, PostRequest, RateLimit, Store, Timing};
@@ -63,7 +62,7 @@ pub struct Signalling {
     schedule: PollSchedule,
     sweeps: SweepSchedule,
     polls: PollSlots,
-    joins: JoinLimits,
+    clients: ClientLimits,
     shutdown: watch::Sender<bool>,
 }
 
@@ -123,7 +122,7 @@ impl Signalling {
         wakeups: Arc<Wakeups>,
         wakeup: Arc<dyn Wakeup>,
     ) -> Self {
-        let joins = JoinLimits::new(NonZeroU32::new(config.join_limit).unwrap_or(NonZeroU32::MIN));
+        let clients = ClientLimits::new(config.join_limit, config.poll_limit, config.post_limit);
         Self {
             keys: TokenKeys::new(config.secret.expose()),
             config,
@@ -133,7 +132,7 @@ impl Signalling {
             schedule: PollSchedule::default(),
             sweeps: SweepSchedule::new(SWEEP_INTERVAL),
             polls: PollSlots::default(),
-            joins,
+            clients,
             shutdown: watch::Sender::new(false),
         }
     }
@@ -163,18 +162,19 @@ impl Signalling {
         })
     }
 
-    /// Joins `room`: mints a peer, tells the members present, and hands out a token. `client`
-    /// is the caller's address where the deployment knows it, for the per-client join limit.
+    /// Counts a request from `client` against its address's limit for `request`, or refuses
+    /// it with `429`.
+    pub fn limit_client(&self, request: ClientRequest, client: IpAddr) -> Result<(), ApiError> {
+        self.clients.check(request, client)
+    }
+
+    /// Joins `room`: mints a peer, tells the members present, and hands out a token.
     pub async fn join(
         &self,
         room: RoomId,
         name: Option<String>,
         join_token: Option<&str>,
-        client: Option<IpAddr>,
     ) -> Result<Joined, ApiError> {
-        if let Some(client) = client {
-            self.joins.per_client.check(&client)?;
-        }
         if self.config.gated {
             let token = join_token.ok_or_else(|| {
                 ApiError::Unauthorized(
@@ -500,7 +500,7 @@ impl Signalling {
 
     /// Periodic clean-up for stores that need it (the embedded one).
     pub async fn housekeeping(&self) -> Result<(), ApiError> {
-        self.joins.forget_idle();
+        self.clients.forget_idle();
         for (room, departures) in self.store.housekeeping(self.timing()).await? {
             self.wake_departures(&room, &departures).await;
         }

@@ -374,13 +374,7 @@ async fn joins_are_limited_per_client_address() {
         .send()
         .await
         .expect("join");
-    let problem = assert_problem(response, 429, "rate-limited").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|detail| detail.contains("address")),
-        "{problem}"
-    );
+    assert_limited_per_address(response, "joins").await;
 }
 
 /// With SIGNALPOST_TRUST_PROXY the address is the proxy's last X-Forwarded-For entry.
@@ -411,6 +405,208 @@ async fn behind_a_proxy_joins_are_limited_per_forwarded_address() {
     assert_eq!(join_as("2.2.2.2, 203.0.113.7").await, 201);
     assert_eq!(join_as("3.3.3.3, 203.0.113.7").await, 429);
     assert_eq!(join_as("203.0.113.8").await, 201);
+}
+
+/// An HTTP client whose connections come from the loopback address `127.0.0.<host>`.
+fn http_from(host: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
+        .timeout(Duration::from_secs(40))
+        .build()
+        .expect("HTTP client")
+}
+
+/// Sends `request` until it is refused; returns the refusal and how many went through.
+async fn until_refused(request: impl Fn() -> reqwest::RequestBuilder) -> (reqwest::Response, u32) {
+    for accepted in 0..500 {
+        let response = request().send().await.expect("request");
+        if response.status() == 429 {
+            return (response, accepted);
+        }
+    }
+    panic!("500 requests from one address were all admitted");
+}
+
+/// Asserts a per-address refusal: `429`, a `Retry-After`, and a problem naming the address.
+async fn assert_limited_per_address(response: reqwest::Response, what: &str) {
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let problem = assert_problem(response, 429, "rate-limited").await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(what) && detail.contains("address"),
+        "{problem}"
+    );
+}
+
+/// One address floods joins, polls and posts and is cut off with `429`; meanwhile a call
+/// between two peers on another address (127.0.0.2) negotiates and loses nothing.
+#[tokio::test]
+async fn a_flooding_address_is_limited_while_another_keeps_its_call() {
+    if standalone_only("per-client limits are the standalone server's") {
+        return;
+    }
+    let server = Server::start_with(&[
+        ("SIGNALPOST_JOIN_LIMIT", "20"),
+        ("SIGNALPOST_POLL_LIMIT", "40"),
+        ("SIGNALPOST_POST_LIMIT", "40"),
+    ]);
+    assert!(
+        server.address().starts_with("127.0.0.1:"),
+        "the server listens on 127.0.0.1"
+    );
+    let caller = http_from(2);
+    let room = room();
+    let joins = server.url(&format!("/v1/rooms/{room}/peers"));
+    let messages = server.url(&format!("/v1/rooms/{room}/messages"));
+    let join_as = |name: &str| caller.post(&joins).json(&json!({"name": name})).send();
+    let alice: Value = join_as("alice")
+        .await
+        .expect("join")
+        .json()
+        .await
+        .expect("json");
+    let bob: Value = join_as("bob")
+        .await
+        .expect("join")
+        .json()
+        .await
+        .expect("json");
+    let token = |peer: &Value| peer["token"].as_str().expect("token").to_owned();
+    let id = |peer: &Value| peer["peer"].as_str().expect("peer").to_owned();
+
+    // The flood, from 127.0.0.1: a member of the call's room, then joins to fresh rooms, polls
+    // and posts.
+    let flooding = join(&server, &room, "flooder").await;
+    let flooder = http();
+    let (refused, _) = until_refused(|| {
+        flooder.post(server.url(&format!("/v1/rooms/{}/peers", crate::support::room())))
+    })
+    .await;
+    assert_limited_per_address(refused, "joins").await;
+    let (refused, _) = until_refused(|| {
+        flooder
+            .get(format!("{messages}?wait=0"))
+            .bearer_auth(&flooding.token)
+    })
+    .await;
+    assert_limited_per_address(refused, "polls").await;
+    let (refused, accepted) = until_refused(|| {
+        flooder
+            .post(&messages)
+            .bearer_auth(&flooding.token)
+            .json(&json!({"to": id(&alice), "type": "message", "data": "spam"}))
+    })
+    .await;
+    assert_limited_per_address(refused, "posts").await;
+    assert!(accepted <= 40, "{accepted} posts before the limit");
+
+    // The call from 127.0.0.2 goes on: offer and candidates one way, answer and candidates
+    // back, every message delivered in order.
+    let send = |from: &Value, to: &Value, kind: &str, data: Value| {
+        caller
+            .post(&messages)
+            .bearer_auth(token(from))
+            .json(&json!({"to": id(to), "type": kind, "data": data}))
+            .send()
+    };
+    // What `peer` receives from `sender`, in order (the flooder's spam aside).
+    let receive = |peer: Value, sender: String, kinds: Vec<&'static str>| {
+        let caller = caller.clone();
+        let messages = messages.clone();
+        async move {
+            let mut cursor: Option<String> = None;
+            let mut seen = Vec::new();
+            for _ in 0..20 {
+                let after = cursor
+                    .as_ref()
+                    .map(|c| format!("&after={c}"))
+                    .unwrap_or_default();
+                let response = caller
+                    .get(format!("{messages}?wait=2{after}"))
+                    .bearer_auth(token(&peer))
+                    .send()
+                    .await
+                    .expect("poll");
+                assert_eq!(response.status(), 200, "{:?}", response.text().await);
+                let body: Value = response.json().await.expect("json");
+                cursor = body["cursor"].as_str().map(str::to_owned);
+                seen.extend(
+                    body["messages"]
+                        .as_array()
+                        .expect("messages")
+                        .iter()
+                        .filter(|m| m["from"] == sender.as_str() && m["type"] != "peer-joined")
+                        .map(|m| m["type"].as_str().expect("type").to_owned()),
+                );
+                if seen.len() >= kinds.len() {
+                    break;
+                }
+            }
+            assert_eq!(seen, kinds, "what {} received", peer["peer"]);
+        }
+    };
+    for (from, to, description) in [(&alice, &bob, "offer"), (&bob, &alice, "answer")] {
+        let mut sent = vec![(description, crate::support::description(description))];
+        sent.extend((0..5).map(|n| ("candidate", crate::support::candidate(n))));
+        for (kind, data) in &sent {
+            let status = send(from, to, kind, data.clone())
+                .await
+                .expect("send")
+                .status();
+            assert_eq!(status, 202, "{kind}");
+        }
+        let kinds = sent.iter().map(|(kind, _)| *kind).collect();
+        receive(to.clone(), id(from), kinds).await;
+    }
+}
+
+/// `X-Forwarded-For` counts only from a proxy `SIGNALPOST_TRUST_PROXY` names: from any other
+/// address it is ignored (each forged value would otherwise be a fresh budget).
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_named_proxies() {
+    if standalone_only("the client address is the standalone server's to see") {
+        return;
+    }
+    let server = Server::start_with(&[
+        ("SIGNALPOST_JOIN_LIMIT", "2"),
+        ("SIGNALPOST_TRUST_PROXY", "127.0.0.3, 10.0.0.0/8"),
+    ]);
+    let join_via = |host: u8, forwarded: String| {
+        let url = server.url(&format!("/v1/rooms/{}/peers", room()));
+        async move {
+            http_from(host)
+                .post(url)
+                .header("x-forwarded-for", forwarded)
+                .send()
+                .await
+                .expect("join")
+                .status()
+                .as_u16()
+        }
+    };
+    // 127.0.0.2 is no proxy: a new forged address each time changes nothing.
+    for (n, expected) in [(1, 201), (2, 201), (3, 429)] {
+        assert_eq!(join_via(2, format!("198.51.100.{n}")).await, expected);
+    }
+    // Through the named proxy (and a proxy of its network behind it), the client is the
+    // first address from the right that no trusted proxy holds; the forged entry left of it
+    // is ignored.
+    assert_eq!(
+        join_via(3, "1.1.1.1, 203.0.113.7, 10.1.2.3".into()).await,
+        201
+    );
+    assert_eq!(join_via(3, "2.2.2.2, 203.0.113.7".into()).await, 201);
+    assert_eq!(
+        join_via(3, "3.3.3.3, 203.0.113.7, 10.9.9.9".into()).await,
+        429
+    );
+    assert_eq!(join_via(3, "203.0.113.8".into()).await, 201);
 }
 
 /// A forged cursor cannot claim activity in the future: the server answers with what it

@@ -72,7 +72,9 @@ env -u SIGNALPOST_TABLE \
     SIGNALPOST_DB="$work/fuzz.db" \
     SIGNALPOST_SECRET="fuzz-secret-of-at-least-32-bytes-$seed" \
     SIGNALPOST_MAX_WAIT="$max_wait" \
-    SIGNALPOST_JOIN_LIMIT=1000000 \
+    SIGNALPOST_JOIN_LIMIT=off \
+    SIGNALPOST_POLL_LIMIT=off \
+    SIGNALPOST_POST_LIMIT=off \
     SIGNALPOST_PRESENCE_TIMEOUT=60 \
     RUST_LOG="${RUST_LOG:-warn}" \
     "$bin" >"$work/stdout" 2>"$work/stderr" &

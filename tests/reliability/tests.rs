@@ -16,9 +16,11 @@ use crate::scenario::run_rooms;
 use crate::support::{SECRET, Server, Stop};
 
 /// The load here comes from one address, hundreds of peers at once: lift the per-client
-/// limits on joins and connections, which are tested in `tests/api/limits.rs`.
-const ONE_ADDRESS_LOAD: [(&str, &str); 2] = [
-    ("SIGNALPOST_JOIN_LIMIT", "1000000"),
+/// limits on joins, polls, posts and connections, which are tested in `tests/api/limits.rs`.
+const ONE_ADDRESS_LOAD: [(&str, &str); 4] = [
+    ("SIGNALPOST_JOIN_LIMIT", "off"),
+    ("SIGNALPOST_POLL_LIMIT", "off"),
+    ("SIGNALPOST_POST_LIMIT", "off"),
     ("SIGNALPOST_MAX_CLIENT_CONNECTIONS", "100000"),
 ];
 
@@ -194,6 +196,8 @@ async fn a_soak_keeps_memory_files_and_the_database_flat() {
         ("SIGNALPOST_MESSAGE_TTL", "10"),
         ONE_ADDRESS_LOAD[0],
         ONE_ADDRESS_LOAD[1],
+        ONE_ADDRESS_LOAD[2],
+        ONE_ADDRESS_LOAD[3],
     ]);
     let started = std::time::Instant::now();
     let mut samples = Vec::new();

@@ -138,8 +138,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     let limits = ConnectionLimits {
         total: config.max_connections,
-        // Behind a proxy every connection comes from it: only the total applies.
-        per_client: (!config.trust_proxy).then_some(config.max_client_connections),
+        per_client: config.max_client_connections,
+        proxies: config.trust_proxy.clone(),
     };
     let signalling = Arc::new(Signalling::open(config, store).await);
     let router = standalone_router(Arc::clone(&signalling));

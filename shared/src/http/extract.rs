@@ -16,9 +16,9 @@ use crate::ids::{PeerId, RoomId};
 use crate::token::PeerGrant;
 
 /// The caller's address, where this deployment knows it: the connection's peer in the
-/// standalone server or, with `SIGNALPOST_TRUST_PROXY`, the last `X-Forwarded-For` entry (the
-/// address the trusted proxy itself saw; earlier entries are the client's to invent). `None`
-/// in Lambda, where API Gateway's throttling limits clients.
+/// standalone server or, when that is a proxy `SIGNALPOST_TRUST_PROXY` names, the address the
+/// proxies saw (see [`crate::proxy`]). `None` in Lambda, where API Gateway's throttling
+/// limits clients.
 pub struct ClientAddress(pub Option<IpAddr>);
 
 impl FromRequestParts<AppState> for ClientAddress {
@@ -28,22 +28,23 @@ impl FromRequestParts<AppState> for ClientAddress {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if state.signalling.config().trust_proxy {
-            let forwarded = parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .last()
-                .and_then(|last| last.trim().parse().ok());
-            return Ok(Self(forwarded));
-        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip());
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
         Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(address)| address.ip()),
+            state
+                .signalling
+                .config()
+                .trust_proxy
+                .client(peer, forwarded.into_iter()),
         ))
     }
 }

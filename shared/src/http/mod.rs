@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, delete, get, on, post};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -28,7 +29,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::CorsOrigins;
 use crate::error::ApiError;
+use crate::limits::ClientRequest;
 use crate::signalling::Signalling;
+use extract::ClientAddress;
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -52,6 +55,16 @@ pub enum Function {
 }
 
 impl Function {
+    /// The request a client address is limited in that this function serves, if any.
+    fn limited_as(self) -> Option<ClientRequest> {
+        match self {
+            Self::Join => Some(ClientRequest::Join),
+            Self::Post => Some(ClientRequest::Post),
+            Self::Poll => Some(ClientRequest::Poll),
+            Self::Leave | Self::IceServers => None,
+        }
+    }
+
     /// Every function.
     pub const ALL: [Self; 5] = [
         Self::Join,
@@ -79,6 +92,29 @@ pub struct Route {
     pub path: &'static str,
     pub function: Function,
     handler: fn() -> MethodRouter<AppState>,
+}
+
+impl Route {
+    /// The route's handler, behind its per-client limit where it has one: counted before the
+    /// request is read or its token checked, so a flood of any kind is cut off cheaply.
+    fn method_router(&self, state: &AppState) -> MethodRouter<AppState> {
+        let handler = (self.handler)();
+        let Some(limited) = self.function.limited_as() else {
+            return handler;
+        };
+        handler.route_layer(from_fn_with_state(
+            state.clone(),
+            move |State(state): State<AppState>,
+                  ClientAddress(client): ClientAddress,
+                  request: Request,
+                  next: Next| async move {
+                if let Some(client) = client {
+                    state.signalling.limit_client(limited, client)?;
+                }
+                Ok::<_, ApiError>(next.run(request).await)
+            },
+        ))
+    }
 }
 
 /// Every route of the contract and the function that serves it.
@@ -137,9 +173,10 @@ pub const ROUTES: [Route; 8] = [
 /// known but serve no method, so a wrong method is a 405 here too (API Gateway sends unknown
 /// routes to one function).
 pub fn api_router(signalling: Arc<Signalling>, functions: &[Function]) -> Router {
+    let state = AppState { signalling };
     let routes = ROUTES.iter().fold(Router::new(), |router, route| {
         if functions.contains(&route.function) {
-            router.route(route.path, (route.handler)())
+            router.route(route.path, route.method_router(&state))
         } else {
             // Registered with its real method so that a 405 here names it in `Allow`.
             let elsewhere = MethodFilter::try_from(route.method.clone()).map_or_else(
@@ -149,20 +186,21 @@ pub fn api_router(signalling: Arc<Signalling>, functions: &[Function]) -> Router
             router.route(route.path, elsewhere)
         }
     });
-    finish(routes, signalling)
+    finish(routes, state)
 }
 
 /// Every route plus the demo page and client library: the standalone server.
 pub fn standalone_router(signalling: Arc<Signalling>) -> Router {
+    let state = AppState { signalling };
     let routes = ROUTES.iter().fold(Router::new(), |router, route| {
-        router.route(route.path, (route.handler)())
+        router.route(route.path, route.method_router(&state))
     });
-    let routes = routes.merge(web::routes(signalling.config().web_dir.clone()));
-    finish(routes, signalling)
+    let routes = routes.merge(web::routes(state.signalling.config().web_dir.clone()));
+    finish(routes, state)
 }
 
-fn finish(routes: Router<AppState>, signalling: Arc<Signalling>) -> Router {
-    let cors = cors_layer(&signalling.config().cors_origins);
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    let cors = cors_layer(&state.signalling.config().cors_origins);
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -178,7 +216,7 @@ fn finish(routes: Router<AppState>, signalling: Arc<Signalling>) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
-        .with_state(AppState { signalling })
+        .with_state(state)
 }
 
 fn cors_layer(origins: &CorsOrigins) -> CorsLayer {

@@ -9,9 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::AppState;
-use super::extract::{
-    Bearer, ClientAddress, PathParams, body, has_media_type, in_room, require_json,
-};
+use super::extract::{Bearer, PathParams, body, has_media_type, in_room, require_json};
 use crate::error::ApiError;
 use crate::signalling::Joined;
 use crate::token::PeerGrant;
@@ -32,7 +30,6 @@ struct JoinBody {
 pub async fn join(
     State(state): State<AppState>,
     params: PathParams,
-    ClientAddress(client): ClientAddress,
     headers: HeaderMap,
     request: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Joined>), ApiError> {
@@ -62,7 +59,7 @@ pub async fn join(
     }
     let joined = state
         .signalling
-        .join(room, request.name, request.join_token.as_deref(), client)
+        .join(room, request.name, request.join_token.as_deref())
         .await?;
     Ok((StatusCode::CREATED, Json(joined)))
 }

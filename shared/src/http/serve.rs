@@ -32,6 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Sleep, sleep};
 use tower::ServiceExt;
 
+use crate::proxy::TrustProxy;
+
 /// How long a client has to send a request's headers, and how long an idle keep-alive
 /// connection stays open (hyper's default, once a timer is set).
 pub const HEADER_DEADLINE: Duration = Duration::from_secs(30);
@@ -42,11 +44,14 @@ pub const HEADER_DEADLINE: Duration = Duration::from_secs(30);
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Caps on open connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     pub total: usize,
-    /// Per client address; `None` behind a proxy, where every connection comes from it.
-    pub per_client: Option<usize>,
+    /// Per client address.
+    pub per_client: usize,
+    /// Addresses the per-client cap does not apply to: the trusted proxies, whose connections
+    /// carry many clients.
+    pub proxies: TrustProxy,
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
@@ -134,7 +139,7 @@ impl OpenConnections {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let of_client = counts.per_client.get(&client).copied().unwrap_or(0);
         if counts.total >= self.limits.total
-            || self.limits.per_client.is_some_and(|cap| of_client >= cap)
+            || (of_client >= self.limits.per_client && !self.limits.proxies.is_proxy(client))
         {
             return None;
         }
@@ -252,14 +257,18 @@ mod tests {
     #[test]
     fn caps_connections_per_client_and_in_total() {
         let open = OpenConnections::new(ConnectionLimits {
-            total: 3,
-            per_client: Some(2),
+            total: 5,
+            per_client: 2,
+            proxies: "127.0.0.9".parse().expect("valid"),
         });
         let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into());
         let first = open.admit(a).expect("admitted");
         let _second = open.admit(a).expect("admitted");
         assert!(open.admit(a).is_none(), "a third from one address");
         let _other = open.admit(b).expect("another address");
+        let proxy = [127, 0, 0, 9].into();
+        let _proxied = [open.admit(proxy), open.admit(proxy)]
+            .map(|admitted| admitted.expect("a trusted proxy has no per-client cap"));
         assert!(open.admit(b).is_none(), "over the total");
         drop(first);
         assert!(

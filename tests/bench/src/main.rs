@@ -110,7 +110,9 @@ async fn main() {
             &cli.server_bin,
             &[
                 ("SIGNALPOST_RATE_LIMIT", "100000"),
-                ("SIGNALPOST_JOIN_LIMIT", "1000000"),
+                ("SIGNALPOST_JOIN_LIMIT", "off"),
+                ("SIGNALPOST_POLL_LIMIT", "off"),
+                ("SIGNALPOST_POST_LIMIT", "off"),
                 ("SIGNALPOST_MAX_CLIENT_CONNECTIONS", "100000"),
             ],
         ),

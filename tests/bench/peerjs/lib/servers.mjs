@@ -57,7 +57,9 @@ export async function startSignalpost(env = {}) {
     SIGNALPOST_DB: path.join(dir, "signalpost.db"),
     SIGNALPOST_SECRET: "peerjs-bench-secret-of-at-least-32-bytes",
     // Every page connects from 127.0.0.1: per-client limits would measure themselves.
-    SIGNALPOST_JOIN_LIMIT: "1000000",
+    SIGNALPOST_JOIN_LIMIT: "off",
+    SIGNALPOST_POLL_LIMIT: "off",
+    SIGNALPOST_POST_LIMIT: "off",
     SIGNALPOST_MAX_CLIENT_CONNECTIONS: "100000",
     ...env,
   }, /listening on (http:\/\/127\.0\.0\.1:\d+)/);
