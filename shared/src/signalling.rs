@@ -20,7 +20,9 @@ use crate::ice::{IceServer, ice_servers};
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::limits::JoinLimits;
 use crate::message::{Outgoing, StoredMessage};
+use crate::metrics;
 use crate::poll_slots::PollSlots;
+use crate::store::metered::Metered;
 use crate::store::{Departures, Doorbell, JoinRequest, PostRequest, RateLimit, Store, Timing};
 use crate::token::{PeerGrant, TokenError, TokenKeys};
 use crate::wakeup::{self, InProcess, PollSchedule, SweepSchedule, Wakeup, Wakeups};
@@ -131,7 +133,8 @@ impl Signalling {
         Self {
             keys: TokenKeys::new(config.secret.expose()),
             config,
-            store,
+            // Every deployment's store is measured here, once.
+            store: Arc::new(Metered(store)),
             wakeups,
             wakeup,
             schedule: PollSchedule::default(),
@@ -176,7 +179,10 @@ impl Signalling {
         client: Option<IpAddr>,
     ) -> Result<Joined, ApiError> {
         if let Some(client) = client {
-            self.joins.per_client.check(&client)?;
+            self.joins
+                .per_client
+                .check(&client)
+                .inspect_err(|_| metrics::rate_limited("joins-per-client"))?;
         }
         if self.config.gated {
             let token = join_token.ok_or_else(|| {
@@ -195,7 +201,10 @@ impl Signalling {
             }
         }
         // After the gate: in a gated room, only token holders spend the room's join budget.
-        self.joins.per_room.check(&room)?;
+        self.joins
+            .per_room
+            .check(&room)
+            .inspect_err(|_| metrics::rate_limited("joins-per-room"))?;
         let peer = PeerId::mint();
         let timing = self.timing();
         let joined = self
@@ -209,6 +218,8 @@ impl Signalling {
                 timing,
             })
             .await?;
+        metrics::joined();
+        metrics::timed_out(joined.departures.gone.len());
         self.wakeups
             .wake(&room, joined.others.iter().map(|member| &member.peer));
         self.ring(&room, &joined.doorbells).await;
@@ -258,6 +269,7 @@ impl Signalling {
                 timing: self.timing(),
             })
             .await?;
+        metrics::messages_posted(posted.ids.len());
         self.wakeups.wake(&grant.room, &posted.recipients);
         self.ring(&grant.room, &posted.doorbells).await;
         Ok(posted.ids)
@@ -293,6 +305,7 @@ impl Signalling {
         wait: Duration,
     ) -> Result<Polled, ApiError> {
         let (room, peer) = (&grant.room, &grant.peer);
+        let _waiting = metrics::WaitingPoll::start();
         let started = Instant::now();
         let deadline = started + wait;
         let subscription = self.wakeups.subscribe(room, peer);
@@ -331,6 +344,9 @@ impl Signalling {
         } else {
             (started + schedule.interval(quiet()), started)
         };
+        // Whether the next read is only the fallback: nothing announced a message, neither
+        // the presence update's inbox head nor a wake-up (nor a recent sign of either).
+        let mut fallback = head <= after_seq;
         // How far an empty answer may move the cursor (past numbers that expired unread).
         let mut through = after_seq;
         let mut first_wait = true;
@@ -349,6 +365,13 @@ impl Signalling {
                     .await?;
                 keep_within_budget(&mut read.messages, MAX_POLL_BYTES);
                 if let Some(last) = read.messages.last() {
+                    if fallback {
+                        metrics::wakeup_missed();
+                    }
+                    metrics::messages_delivered(
+                        read.messages.iter().map(|message| message.sent_at),
+                        now_millis(),
+                    );
                     // The last message kept, not `read.through`: the byte budget may have
                     // left some for the next poll.
                     let cursor = Cursor {
@@ -362,11 +385,12 @@ impl Signalling {
                 }
                 through = through.max(read.through);
                 let now = Instant::now();
+                fallback = now >= eager_until;
                 next_read = now
-                    + if now < eager_until {
-                        EAGER_INTERVAL
-                    } else {
+                    + if fallback {
                         schedule.interval(quiet())
+                    } else {
+                        EAGER_INTERVAL
                     };
             }
             let now = Instant::now();
@@ -396,6 +420,7 @@ impl Signalling {
                     let now = Instant::now();
                     next_read = now;
                     eager_until = now + EAGER_AFTER_SIGN;
+                    fallback = false;
                 }
                 () = tokio::time::sleep_until(until.into()) => {}
                 _ = shutdown.changed() => {}
@@ -409,6 +434,7 @@ impl Signalling {
 
     async fn sweep(&self, room: &RoomId) -> Result<(), ApiError> {
         let departures = self.store.sweep(room, self.timing()).await?;
+        metrics::timed_out(departures.gone.len());
         self.sweeps.swept(room, departures.stale_at);
         self.wake_departures(room, &departures).await;
         Ok(())
@@ -428,6 +454,7 @@ impl Signalling {
                 .await
                 .is_err()
         {
+            metrics::wakeup_error();
             tracing::debug!("wake-ups took too long to send; left to the fallback reads");
         }
     }
@@ -438,6 +465,7 @@ impl Signalling {
             .store
             .leave(&grant.room, &grant.peer, self.timing())
             .await?;
+        metrics::left(departures.gone.len());
         self.wake_departures(&grant.room, &departures).await;
         Ok(())
     }
@@ -500,6 +528,7 @@ impl Signalling {
     pub async fn housekeeping(&self) -> Result<(), ApiError> {
         self.joins.forget_idle();
         for (room, departures) in self.store.housekeeping(self.timing()).await? {
+            metrics::timed_out(departures.gone.len());
             self.wake_departures(&room, &departures).await;
         }
         Ok(())
