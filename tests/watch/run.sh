@@ -122,6 +122,8 @@ for store in "${stores[@]}"; do
         smoke "SQLite"
         section "one poll process holding 1,000 waiting polls (AWS_LAMBDA_MAX_CONCURRENCY=1000)"
         python3 tests/watch/concurrent_polls.py "$target/debug"
+        section "the functions' metrics (CloudWatch EMF) and request log under a stub Runtime API"
+        python3 tests/watch/emf.py "$target/debug"
         suite "SQLite"
         ;;
     dynamodb)
