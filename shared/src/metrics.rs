@@ -6,7 +6,7 @@
 //!
 //! | metric (Prometheus name) | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `signalpost_requests_total` | counter | `route`, `status_class` | HTTP requests answered, by route template (`POST /v1/rooms/{room}/messages`; `web`, `preflight` or `unmatched` otherwise) and `2xx`…`5xx` |
+//! | `signalpost_requests_total` | counter | `route`, `status_class` | HTTP requests answered, by route template (`POST /v1/rooms/:room/messages`; `web`, `preflight` or `unmatched` otherwise) and `2xx`…`5xx` |
 //! | `signalpost_messages_posted_total` | counter | | messages accepted by posts (`202`) |
 //! | `signalpost_messages_delivered_total` | counter | | messages returned by polls (replays after a lost response count again) |
 //! | `signalpost_delivery_latency_seconds` | histogram | | for each message a poll returns: now minus the message's post time |

@@ -850,12 +850,12 @@ async fn secrets_never_reach_the_logs() {
     }
     // One request log line per request, naming its route by template (issue 13).
     for route in [
-        "POST /v1/rooms/{room}/peers",
-        "POST /v1/rooms/{room}/messages",
-        "GET /v1/rooms/{room}/messages",
+        "POST /v1/rooms/:room/peers",
+        "POST /v1/rooms/:room/messages",
+        "GET /v1/rooms/:room/messages",
         "GET /v1/ice-servers",
-        "POST /v1/rooms/{room}/peers/{peer}/leave",
-        "DELETE /v1/rooms/{room}/peers/{peer}",
+        "POST /v1/rooms/:room/peers/:peer/leave",
+        "DELETE /v1/rooms/:room/peers/:peer",
     ] {
         assert!(
             logs.lines()

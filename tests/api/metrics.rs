@@ -107,7 +107,7 @@ async fn counters_move_with_the_traffic_and_metrics_stay_off_the_public_listener
         moved(
             "signalpost_requests_total",
             &[
-                ("route", "POST /v1/rooms/{room}/peers"),
+                ("route", "POST /v1/rooms/:room/peers"),
                 ("status_class", "2xx")
             ]
         ),

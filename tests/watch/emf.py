@@ -133,7 +133,7 @@ def main():
 
     if total("joins") != 1:
         failures.append(f"joins is {total('joins')}, not 1")
-    if total("requests", route="POST /v1/rooms/{room}/peers", status_class="2xx") != 1:
+    if total("requests", route="POST /v1/rooms/:room/peers", status_class="2xx") != 1:
         failures.append("no request counted for the join route")
     if total("store_operations", op="join") != 1:
         failures.append("no store join operation counted")
@@ -142,7 +142,7 @@ def main():
         failures.append(f"{len(requests)} request log lines, not 1: {logs}")
     else:
         fields = requests[0]["fields"]
-        expected = {"request_id": "cold-start-1", "route": "POST /v1/rooms/{room}/peers", "status": 201}
+        expected = {"request_id": "cold-start-1", "route": "POST /v1/rooms/:room/peers", "status": 201}
         for key, value in expected.items():
             if fields.get(key) != value:
                 failures.append(f"request log {key} is {fields.get(key)!r}, not {value!r}")

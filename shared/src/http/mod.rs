@@ -78,7 +78,9 @@ impl Function {
 pub struct Route {
     pub method: Method,
     pub path: &'static str,
-    /// `METHOD path`: the route's name in request logs and metrics.
+    /// `METHOD path`, with `:name` for a path parameter: the route's name in request logs and
+    /// metrics. Not `{name}`: simple Prometheus text parsers (`prometheus-parse`) end a label
+    /// set at the first `}`, even inside a quoted value.
     pub label: &'static str,
     pub function: Function,
     handler: fn() -> MethodRouter<AppState>,
@@ -89,35 +91,35 @@ pub const ROUTES: [Route; 8] = [
     Route {
         method: Method::POST,
         path: "/v1/rooms/{room}/peers",
-        label: "POST /v1/rooms/{room}/peers",
+        label: "POST /v1/rooms/:room/peers",
         function: Function::Join,
         handler: || post(peers::join),
     },
     Route {
         method: Method::POST,
         path: "/v1/rooms/{room}/messages",
-        label: "POST /v1/rooms/{room}/messages",
+        label: "POST /v1/rooms/:room/messages",
         function: Function::Post,
         handler: || post(messages::send),
     },
     Route {
         method: Method::GET,
         path: "/v1/rooms/{room}/messages",
-        label: "GET /v1/rooms/{room}/messages",
+        label: "GET /v1/rooms/:room/messages",
         function: Function::Poll,
         handler: || get(messages::poll),
     },
     Route {
         method: Method::DELETE,
         path: "/v1/rooms/{room}/peers/{peer}",
-        label: "DELETE /v1/rooms/{room}/peers/{peer}",
+        label: "DELETE /v1/rooms/:room/peers/:peer",
         function: Function::Leave,
         handler: || delete(peers::leave),
     },
     Route {
         method: Method::POST,
         path: "/v1/rooms/{room}/peers/{peer}/leave",
-        label: "POST /v1/rooms/{room}/peers/{peer}/leave",
+        label: "POST /v1/rooms/:room/peers/:peer/leave",
         function: Function::Leave,
         handler: || post(peers::beacon_leave),
     },

@@ -2,7 +2,7 @@
 //! route, status, duration) and `signalpost_requests_total{route,status_class}`, in every
 //! deployment.
 //!
-//! The route is the contract's route template (`GET /v1/rooms/{room}/messages`), never the
+//! The route is the contract's route template (`GET /v1/rooms/:room/messages`), never the
 //! path, so no room name or peer id reaches the logs or the metrics' labels, and the labels
 //! stay a small fixed set. Requests outside [`super::ROUTES`] are `preflight` (CORS),
 //! `web` (the demo page's files) or `unmatched` (an unknown path, or a known one with another
@@ -87,7 +87,8 @@ mod tests {
     #[test]
     fn every_route_is_labelled_by_its_method_and_template() {
         for route in &ROUTES {
-            assert_eq!(route.label, format!("{} {}", route.method, route.path));
+            let template = route.path.replace('{', ":").replace('}', "");
+            assert_eq!(route.label, format!("{} {template}", route.method));
             assert_eq!(route_label(&route.method, Some(route.path)), route.label);
         }
         let messages = Some("/v1/rooms/{room}/messages");

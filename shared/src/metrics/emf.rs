@@ -385,9 +385,9 @@ mod tests {
         with_local_recorder(&emf, || {
             super::super::describe();
             super::super::messages_posted(3);
-            super::super::request("POST /v1/rooms/{room}/messages", 202);
-            super::super::request("POST /v1/rooms/{room}/messages", 202);
-            super::super::request("POST /v1/rooms/{room}/messages", 503);
+            super::super::request("POST /v1/rooms/:room/messages", 202);
+            super::super::request("POST /v1/rooms/:room/messages", 202);
+            super::super::request("POST /v1/rooms/:room/messages", 503);
         });
         let documents = lines(&emf);
         assert_eq!(documents.len(), 3, "{documents:?}");
@@ -408,7 +408,7 @@ mod tests {
             .find(|document| document["status_class"] == "2xx")
             .expect("the 2xx line");
         assert_eq!(ok["requests"], 2);
-        assert_eq!(ok["route"], "POST /v1/rooms/{room}/messages");
+        assert_eq!(ok["route"], "POST /v1/rooms/:room/messages");
         // A second flush carries only what happened since.
         assert!(lines(&emf).is_empty());
     }
