@@ -132,6 +132,12 @@ impl HistogramFn for HistogramCell {
     }
 }
 
+/// A metric's labels, as `(key, value)` pairs.
+type Labels = Vec<(String, String)>;
+
+/// A metric's EMF name, CloudWatch unit and reading.
+type Named<'a> = (String, Option<&'a str>, Reading);
+
 /// One metric's share of a flush.
 enum Reading {
     Scalar(Value),
@@ -197,8 +203,7 @@ impl Emf {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         // Label set → (metric name, unit, reading), in a stable order.
-        let mut groups: BTreeMap<Vec<(String, String)>, Vec<(String, Option<&str>, Reading)>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<Labels, Vec<Named<'_>>> = BTreeMap::new();
         for (key, series) in self
             .inner
             .series
