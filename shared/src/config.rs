@@ -94,6 +94,9 @@ pub struct Config {
     /// Wake polls in other processes sharing the store (`SIGNALPOST_WAKEUPS`, default on):
     /// SQS beside DynamoDB, Unix sockets beside SQLite.
     pub wakeups: bool,
+    /// Standalone: serve Prometheus metrics at `GET /metrics` on this address, and only
+    /// there (`SIGNALPOST_METRICS_LISTEN`; unset: no metrics endpoint at all).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A variable with a value the server cannot use.
@@ -229,12 +232,18 @@ impl Config {
         };
 
         let listen = var("SIGNALPOST_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
-        Ok(Self {
-            listen: SocketAddr::from_str(&listen).map_err(|error| ConfigError::Invalid {
-                name: "SIGNALPOST_LISTEN",
-                value: listen.clone(),
+        let address = |name: &'static str, value: String| {
+            SocketAddr::from_str(&value).map_err(|error| ConfigError::Invalid {
+                name,
+                value: value.clone(),
                 reason: error.to_string(),
-            })?,
+            })
+        };
+        Ok(Self {
+            listen: address("SIGNALPOST_LISTEN", listen)?,
+            metrics_listen: var("SIGNALPOST_METRICS_LISTEN")
+                .map(|value| address("SIGNALPOST_METRICS_LISTEN", value))
+                .transpose()?,
             db_path: var("SIGNALPOST_DB").map_or_else(|| PathBuf::from(DEFAULT_DB), PathBuf::from),
             table: var("SIGNALPOST_TABLE"),
             secret,
@@ -469,6 +478,7 @@ mod tests {
             ("SIGNALPOST_MAX_PEERS", "26"),
             ("SIGNALPOST_GATED", "maybe"),
             ("SIGNALPOST_LISTEN", "nowhere"),
+            ("SIGNALPOST_METRICS_LISTEN", "9090"),
             ("SIGNALPOST_PRESENCE_TIMEOUT", "20"),
             ("SIGNALPOST_TURN_URLS", "turn:x"),
             ("SIGNALPOST_POLL_LIMIT", "0"),

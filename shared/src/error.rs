@@ -120,7 +120,8 @@ impl IntoResponse for ApiError {
 }
 
 impl From<StoreError> for ApiError {
-    /// Store failures are logged here, once, with their source chain.
+    /// Store failures are logged here, once, with their source chain, and the store's refusals
+    /// counted by limit.
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::PeerGone => Self::PeerGone,
@@ -128,18 +129,33 @@ impl From<StoreError> for ApiError {
                 Self::NotFound(format!("peer {peer} is not in this room"))
             }
             StoreError::RoomFull => Self::RoomFull,
-            StoreError::InboxFull(peer) => Self::RateLimited {
-                detail: format!("the inbox of {peer} is full: wait until it reads its messages"),
-                retry_after: 2,
-            },
-            StoreError::RateLimited { retry_after } => Self::RateLimited {
-                detail: format!("this peer is posting too fast: post again in {retry_after} s"),
-                retry_after,
-            },
-            StoreError::JoinsLimited { retry_after } => Self::RateLimited {
-                detail: "too many joins to this room: retry later".into(),
-                retry_after,
-            },
+            StoreError::InboxFull(peer) => {
+                crate::metrics::rate_limited("inbox");
+                Self::RateLimited {
+                    detail: format!(
+                        "the inbox of {peer} is full: wait until it reads its messages"
+                    ),
+                    retry_after: 2,
+                }
+            }
+            StoreError::RateLimited { retry_after } => {
+                crate::metrics::rate_limited("posts");
+                Self::RateLimited {
+                    detail: format!("this peer is posting too fast: post again in {retry_after} s"),
+                    retry_after,
+                }
+            }
+            StoreError::JoinsLimited { retry_after } => {
+                crate::metrics::rate_limited("joins-per-room");
+                Self::RateLimited {
+                    detail: "too many joins to this room: retry later".into(),
+                    retry_after,
+                }
+            }
+            StoreError::Throttled(source) => {
+                tracing::warn!(error = %error_chain(&*source), "store throttled");
+                Self::Unavailable
+            }
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %error_chain(&*source), "store unavailable");
                 Self::Unavailable

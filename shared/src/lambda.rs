@@ -7,6 +7,13 @@
 //! until the sandbox goes away. The router is the same axum router the standalone server
 //! uses, limited to this function's routes, so routing, extractors and the tower layers
 //! (CORS, body limit, panic guard) are the same code in every deployment.
+//!
+//! Metrics go to stdout in CloudWatch Embedded Metric Format ([`crate::metrics::emf`]), with
+//! the function's name as the `function` dimension. They are flushed after each invocation's
+//! response has been posted to the Runtime API (a layer outside the runtime's own, whose
+//! future ends with that post), so the flush never adds to a request's latency, and before
+//! the runtime asks for the next event (when Lambda may freeze the environment). The request
+//! log's id is the invocation's request id.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,8 +22,13 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
 
+use lambda_http::lambda_runtime::{LambdaInvocation, layers::TracingLayer};
+use tower::Service;
+
 use crate::config::{Config, ConfigError, Deployment};
+use crate::http::observe::RequestId;
 use crate::http::{Function, api_router};
+use crate::metrics::emf::Emf;
 use crate::signalling::Signalling;
 use crate::store;
 
@@ -61,6 +73,8 @@ const RUNTIME_VARS: [&str; 4] = [
 pub async fn run(function: Function) -> ExitCode {
     init_tracing();
     let name = function.name();
+    // Before anything records a metric.
+    let emf = Emf::install(name);
     let router = match start(function).await {
         Ok(router) => router,
         Err(message) => {
@@ -72,7 +86,13 @@ pub async fn run(function: Function) -> ExitCode {
     // concurrent invocations in this one process above 1 (Lambda Managed Instances). The
     // router, its Signalling and the store are built once above and shared by every
     // invocation, so waiting polls share the in-process wake-ups.
-    match lambda_http::run_concurrent(buffered(router)).await {
+    let runtime = lambda_http::runtime_concurrent(buffered(router))
+        .layer(TracingLayer::new())
+        .layer(tower::layer::layer_fn(move |inner| FlushMetrics {
+            inner,
+            emf: emf.clone(),
+        }));
+    match runtime.run_concurrent().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("signalpost {name}: the Lambda runtime stopped: {error}");
@@ -96,6 +116,17 @@ fn buffered(
 + Send
 + 'static {
     use tower::ServiceExt;
+    let router = ServiceExt::<lambda_http::Request>::map_request(
+        router,
+        |mut request: lambda_http::Request| {
+            use lambda_http::RequestExt;
+            if let Some(context) = request.lambda_context_ref() {
+                let id = RequestId(context.request_id.clone());
+                request.extensions_mut().insert(id);
+            }
+            request
+        },
+    );
     ServiceExt::<lambda_http::Request>::map_future(router, |response| async move {
         let response: axum::response::Response = match response.await {
             Ok(response) => response,
@@ -113,6 +144,43 @@ fn buffered(
         };
         Ok::<_, std::convert::Infallible>(lambda_http::Response::from_parts(parts, body))
     })
+}
+
+/// The runtime's service, flushing the metrics once each invocation has been answered.
+#[derive(Clone)]
+struct FlushMetrics<S> {
+    inner: S,
+    emf: Option<Emf>,
+}
+
+impl<S> Service<LambdaInvocation> for FlushMetrics<S>
+where
+    S: Service<LambdaInvocation, Response = (), Error = lambda_http::Error>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = lambda_http::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<(), Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+        // The inner future ends once the response has been posted to the Runtime API.
+        let answered = self.inner.call(invocation);
+        let emf = self.emf.clone();
+        Box::pin(async move {
+            let result = answered.await;
+            if let Some(emf) = emf {
+                emf.flush_to_stdout();
+            }
+            result
+        })
+    }
 }
 
 /// Everything done once per sandbox: configuration, store and router.

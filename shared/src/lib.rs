@@ -17,6 +17,7 @@ pub mod ids;
 pub mod lambda;
 pub mod limits;
 pub mod message;
+pub mod metrics;
 pub mod poll_slots;
 pub mod proxy;
 pub mod signalling;

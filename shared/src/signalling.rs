@@ -19,7 +19,9 @@ use crate::ice::{IceServer, ice_servers};
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::limits::{ClientLimits, ClientRequest, RoomJoinRate};
 use crate::message::{Outgoing, StoredMessage};
+use crate::metrics;
 use crate::poll_slots::PollSlots;
+use crate::store::metered::Metered;
 use crate::store::{Departures, Doorbell, JoinRequest, PostRequest, RateLimit, Store, Timing};
 use crate::token::{PeerGrant, TokenError, TokenKeys};
 use crate::wakeup::{self, InProcess, PollSchedule, SweepSchedule, Wakeup, Wakeups};
@@ -126,7 +128,8 @@ impl Signalling {
         Self {
             keys: TokenKeys::new(config.secret.expose()),
             config,
-            store,
+            // Every deployment's store is measured here, once.
+            store: Arc::new(Metered(store)),
             wakeups,
             wakeup,
             schedule: PollSchedule::default(),
@@ -165,7 +168,13 @@ impl Signalling {
     /// Counts a request from `client` against its address's limit for `request`, or refuses
     /// it with `429`.
     pub fn limit_client(&self, request: ClientRequest, client: IpAddr) -> Result<(), ApiError> {
-        self.clients.check(request, client)
+        self.clients.check(request, client).inspect_err(|_| {
+            metrics::rate_limited(match request {
+                ClientRequest::Join => "joins-per-client",
+                ClientRequest::Poll => "polls-per-client",
+                ClientRequest::Post => "posts-per-client",
+            })
+        })
     }
 
     /// Joins `room`: mints a peer, tells the members present, and hands out a token.
@@ -207,6 +216,8 @@ impl Signalling {
                 timing,
             })
             .await?;
+        metrics::joined();
+        metrics::timed_out(joined.departures.gone.len());
         self.wakeups
             .wake(&room, joined.others.iter().map(|member| &member.peer));
         self.ring(&room, &joined.doorbells).await;
@@ -256,6 +267,7 @@ impl Signalling {
                 timing: self.timing(),
             })
             .await?;
+        metrics::messages_posted(posted.ids.len());
         self.wakeups.wake(&grant.room, &posted.recipients);
         self.ring(&grant.room, &posted.doorbells).await;
         Ok(posted.ids)
@@ -291,6 +303,7 @@ impl Signalling {
         wait: Duration,
     ) -> Result<Polled, ApiError> {
         let (room, peer) = (&grant.room, &grant.peer);
+        let _waiting = metrics::WaitingPoll::start();
         let started = Instant::now();
         let deadline = started + wait;
         let subscription = self.wakeups.subscribe(room, peer);
@@ -333,6 +346,9 @@ impl Signalling {
         } else {
             (started + schedule.interval(quiet()), started)
         };
+        // Whether the next read is only the fallback: nothing announced a message, neither
+        // the presence update's inbox head nor a wake-up (nor a recent sign of either).
+        let mut fallback = head <= after_seq;
         // How far an empty answer may move the cursor (past numbers that expired unread).
         let mut through = after_seq;
         let mut first_wait = true;
@@ -351,6 +367,13 @@ impl Signalling {
                     .await?;
                 keep_within_budget(&mut read.messages, MAX_POLL_BYTES);
                 if let Some(last) = read.messages.last() {
+                    if fallback {
+                        metrics::wakeup_missed();
+                    }
+                    metrics::messages_delivered(
+                        read.messages.iter().map(|message| message.sent_at),
+                        now_millis(),
+                    );
                     // The last message kept, not `read.through`: the byte budget may have
                     // left some for the next poll.
                     let cursor = Cursor {
@@ -364,11 +387,12 @@ impl Signalling {
                 }
                 through = through.max(read.through);
                 let now = Instant::now();
+                fallback = now >= eager_until;
                 next_read = now
-                    + if now < eager_until {
-                        EAGER_INTERVAL
-                    } else {
+                    + if fallback {
                         schedule.interval(quiet())
+                    } else {
+                        EAGER_INTERVAL
                     };
             }
             let now = Instant::now();
@@ -398,6 +422,7 @@ impl Signalling {
                     let now = Instant::now();
                     next_read = now;
                     eager_until = now + EAGER_AFTER_SIGN;
+                    fallback = false;
                 }
                 () = tokio::time::sleep_until(until.into()) => {}
                 _ = shutdown.changed() => {}
@@ -411,6 +436,7 @@ impl Signalling {
 
     async fn sweep(&self, room: &RoomId) -> Result<(), ApiError> {
         let departures = self.store.sweep(room, self.timing()).await?;
+        metrics::timed_out(departures.gone.len());
         self.sweeps.swept(room, departures.stale_at);
         self.wake_departures(room, &departures).await;
         Ok(())
@@ -430,6 +456,7 @@ impl Signalling {
                 .await
                 .is_err()
         {
+            metrics::wakeup_error();
             tracing::debug!("wake-ups took too long to send; left to the fallback reads");
         }
     }
@@ -440,6 +467,7 @@ impl Signalling {
             .store
             .leave(&grant.room, &grant.peer, self.timing())
             .await?;
+        metrics::left(departures.gone.len());
         self.wake_departures(&grant.room, &departures).await;
         Ok(())
     }
@@ -502,6 +530,7 @@ impl Signalling {
     pub async fn housekeeping(&self) -> Result<(), ApiError> {
         self.clients.forget_idle();
         for (room, departures) in self.store.housekeeping(self.timing()).await? {
+            metrics::timed_out(departures.gone.len());
             self.wake_departures(&room, &departures).await;
         }
         Ok(())

@@ -848,6 +848,21 @@ async fn secrets_never_reach_the_logs() {
             );
         }
     }
+    // One request log line per request, naming its route by template (issue 13).
+    for route in [
+        "POST /v1/rooms/:room/peers",
+        "POST /v1/rooms/:room/messages",
+        "GET /v1/rooms/:room/messages",
+        "GET /v1/ice-servers",
+        "POST /v1/rooms/:room/peers/:peer/leave",
+        "DELETE /v1/rooms/:room/peers/:peer",
+    ] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains("request_id") && line.contains(route)),
+            "no request log line for {route}:\n{logs}"
+        );
+    }
     for secret in [SECRET, TURN_SECRET] {
         assert!(!logs.contains(secret), "a secret is in the logs:\n{logs}");
     }

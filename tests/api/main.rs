@@ -13,4 +13,5 @@ mod housekeeping;
 mod lifecycle;
 mod limits;
 mod membership;
+mod metrics;
 mod stalled_store;

@@ -14,6 +14,8 @@
 # 4. (SQLite) tests/watch/concurrent_polls.py: one poll process with
 #    AWS_LAMBDA_MAX_CONCURRENCY=1000 under a stub Lambda Runtime API holds 1,000 waiting polls
 #    at once, as on Lambda Managed Instances, and reports its memory;
+#    and tests/watch/emf.py: the join function's CloudWatch EMF lines and JSON request log,
+#    checked against the format's rules;
 # 5. runs the suite with SIGNALPOST_TEST_TARGET=watch: the harness (tests/support/watch.rs)
 #    starts one watch per test environment, each on a free loopback port with its own SQLite
 #    file, and stops them (their whole process groups) when the tests end.
@@ -122,6 +124,8 @@ for store in "${stores[@]}"; do
         smoke "SQLite"
         section "one poll process holding 1,000 waiting polls (AWS_LAMBDA_MAX_CONCURRENCY=1000)"
         python3 tests/watch/concurrent_polls.py "$target/debug"
+        section "the functions' metrics (CloudWatch EMF) and request log under a stub Runtime API"
+        python3 tests/watch/emf.py "$target/debug"
         suite "SQLite"
         ;;
     dynamodb)

@@ -2,6 +2,7 @@
 //! the embedded SQLite store unless `SIGNALPOST_TABLE` is set), plus its admin commands.
 
 mod call_link;
+mod prometheus;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -129,6 +130,11 @@ async fn serve(config: Config) -> Result<(), String> {
             "SIGNALPOST_SECRET is not set: using a random secret, so tokens stop working when this process restarts"
         );
     }
+    // Before anything records: metrics recorded earlier would go nowhere.
+    let metrics_address = match config.metrics_listen {
+        Some(address) => Some(prometheus::serve(address).await?),
+        None => None,
+    };
     let store = store::open(&config)
         .await
         .map_err(|error| format!("cannot open the store: {}", error_chain(&error)))?;
@@ -159,6 +165,9 @@ async fn serve(config: Config) -> Result<(), String> {
         "open {} in two browser tabs for a video call{elsewhere}",
         call_link::call_url(address, &room)
     );
+    if let Some(metrics_address) = metrics_address {
+        println!("metrics at http://{metrics_address}/metrics");
+    }
     let shutdown = {
         let signalling = Arc::clone(&signalling);
         async move {

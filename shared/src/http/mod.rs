@@ -1,6 +1,6 @@
 //! HTTP: the contract's routes as one table, the handlers behind them, and the tower layers
 //! every deployment shares (CORS, `Cache-Control: no-store`, body size and time limits, panic
-//! guard).
+//! guard, the request log and metrics).
 //!
 //! The standalone server mounts every route plus the demo page; each Lambda function mounts
 //! only its own routes from the same table, so the two can never drift apart.
@@ -9,6 +9,7 @@ pub mod deadline;
 pub mod extract;
 mod messages;
 mod meta;
+pub mod observe;
 mod peers;
 pub mod serve;
 mod web;
@@ -90,6 +91,10 @@ impl Function {
 pub struct Route {
     pub method: Method,
     pub path: &'static str,
+    /// `METHOD path`, with `:name` for a path parameter: the route's name in request logs and
+    /// metrics. Not `{name}`: simple Prometheus text parsers (`prometheus-parse`) end a label
+    /// set at the first `}`, even inside a quoted value.
+    pub label: &'static str,
     pub function: Function,
     handler: fn() -> MethodRouter<AppState>,
 }
@@ -122,48 +127,56 @@ pub const ROUTES: [Route; 8] = [
     Route {
         method: Method::POST,
         path: "/v1/rooms/{room}/peers",
+        label: "POST /v1/rooms/:room/peers",
         function: Function::Join,
         handler: || post(peers::join),
     },
     Route {
         method: Method::POST,
         path: "/v1/rooms/{room}/messages",
+        label: "POST /v1/rooms/:room/messages",
         function: Function::Post,
         handler: || post(messages::send),
     },
     Route {
         method: Method::GET,
         path: "/v1/rooms/{room}/messages",
+        label: "GET /v1/rooms/:room/messages",
         function: Function::Poll,
         handler: || get(messages::poll),
     },
     Route {
         method: Method::DELETE,
         path: "/v1/rooms/{room}/peers/{peer}",
+        label: "DELETE /v1/rooms/:room/peers/:peer",
         function: Function::Leave,
         handler: || delete(peers::leave),
     },
     Route {
         method: Method::POST,
         path: "/v1/rooms/{room}/peers/{peer}/leave",
+        label: "POST /v1/rooms/:room/peers/:peer/leave",
         function: Function::Leave,
         handler: || post(peers::beacon_leave),
     },
     Route {
         method: Method::GET,
         path: "/v1/ice-servers",
+        label: "GET /v1/ice-servers",
         function: Function::IceServers,
         handler: || get(meta::ice_servers),
     },
     Route {
         method: Method::GET,
         path: "/v1/health",
+        label: "GET /v1/health",
         function: Function::IceServers,
         handler: || get(meta::health),
     },
     Route {
         method: Method::GET,
         path: "/v1/openapi.yaml",
+        label: "GET /v1/openapi.yaml",
         function: Function::IceServers,
         handler: || get(meta::openapi),
     },
@@ -216,6 +229,8 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
+        // Outermost, so that its log line and metric see the status the client gets.
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }
 
@@ -232,6 +247,6 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([HeaderName::from_static("retry-after")])
+        .expose_headers([HeaderName::from_static("retry-after"), observe::REQUEST_ID])
         .max_age(PREFLIGHT_MAX_AGE)
 }

@@ -24,6 +24,7 @@ use crate::message::{Outgoing, StoredMessage};
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod dynamo;
+pub mod metered;
 pub mod sqlite;
 
 /// Opens the store the configuration names: DynamoDB when `SIGNALPOST_TABLE` is set (endpoint,
@@ -205,7 +206,7 @@ pub struct Departures {
     pub stale_at: Option<Millis>,
 }
 
-/// A store failure. The first six are answers to the request; the last three are the store's.
+/// A store failure. The first six are answers to the request; the last four are the store's.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("the peer has left the room or timed out")]
@@ -223,7 +224,11 @@ pub enum StoreError {
     /// seconds.
     #[error("the room is over its join limit")]
     JoinsLimited { retry_after: u64 },
-    /// Transient (busy, locked, throttled, timed out): the client should retry.
+    /// The store refused for lack of capacity (DynamoDB throttling, after the SDK's retries):
+    /// transient like [`StoreError::Unavailable`], told apart for the metrics.
+    #[error("the store is throttling requests")]
+    Throttled(#[source] Box<dyn StdError + Send + Sync>),
+    /// Transient (busy, locked, timed out, a server error): the client should retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
     /// A failure a retry will not mend (a read-only or damaged file, a bug): a `500`.

@@ -133,9 +133,10 @@ pub(crate) fn payloads(
     payloads
 }
 
-/// Wakes the inboxes a payload names; lines that do not parse are ignored (a wake-up is only
+/// Wakes the inboxes a payload names (one wake-up received, however many it names); lines that do not parse are ignored (a wake-up is only
 /// a hint, and nothing here trusts its sender).
 pub(crate) fn deliver(wakeups: &Wakeups, payload: &str) -> usize {
+    crate::metrics::wakeup_received();
     let mut woken = 0;
     for line in payload.lines() {
         let Some((room, peer)) = line.split_once(' ') else {

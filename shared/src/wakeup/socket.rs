@@ -87,6 +87,7 @@ impl SocketWakeup {
                         }
                     }
                     Err(error) => {
+                        crate::metrics::wakeup_error();
                         tracing::warn!(%error, "the wake-up socket failed; polls fall back to store reads");
                         return;
                     }
@@ -141,12 +142,16 @@ impl Wakeup for SocketWakeup {
                 continue;
             }
             match sender.send_to(payload.as_bytes(), path) {
-                Ok(_) => {}
+                Ok(_) => crate::metrics::wakeups_sent(1),
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
                     // Nobody is bound there: a process that ended without removing it.
+                    crate::metrics::wakeup_error();
                     let _ = std::fs::remove_file(path);
                 }
-                Err(error) => tracing::debug!(%error, "a wake-up was not sent"),
+                Err(error) => {
+                    crate::metrics::wakeup_error();
+                    tracing::debug!(%error, "a wake-up was not sent");
+                }
             }
         }
     }

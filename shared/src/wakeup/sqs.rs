@@ -206,6 +206,7 @@ impl Shared {
                 false
             }
             Err(error) => {
+                crate::metrics::wakeup_error();
                 tracing::warn!(error = %DisplayErrorContext(&error), queue = %self.name, "cannot create the wake-up queue; polls fall back to store reads");
                 state.created = false;
                 state.failed_at = Some(Instant::now());
@@ -239,6 +240,7 @@ impl Shared {
                         }
                     }
                     Err(error) => {
+                        crate::metrics::wakeup_error();
                         let gone = error
                             .as_service_error()
                             .is_some_and(|error| error.is_queue_does_not_exist());
@@ -304,9 +306,13 @@ impl Wakeup for SqsWakeup {
                 .queue_url(queue)
                 .message_body(body);
             sends.spawn(async move {
-                if let Err(error) = request.send().await {
-                    // The queue of a process that has ended, or a failing service.
-                    tracing::debug!(error = %DisplayErrorContext(&error), "a wake-up was not sent");
+                match request.send().await {
+                    Ok(_) => crate::metrics::wakeups_sent(1),
+                    Err(error) => {
+                        // The queue of a process that has ended, or a failing service.
+                        crate::metrics::wakeup_error();
+                        tracing::debug!(error = %DisplayErrorContext(&error), "a wake-up was not sent");
+                    }
                 }
             });
         }
@@ -315,6 +321,7 @@ impl Wakeup for SqsWakeup {
             .await
             .is_err()
         {
+            crate::metrics::wakeup_error();
             tracing::debug!("wake-ups took too long to send; left to the fallback reads");
         }
     }

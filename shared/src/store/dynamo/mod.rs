@@ -204,8 +204,33 @@ pub struct DynamoStore {
     noticed_gaps: Arc<Mutex<BTreeMap<(String, Seq), Millis>>>,
 }
 
-fn unavailable<E: std::error::Error + Send + Sync + 'static>(error: E) -> StoreError {
-    StoreError::Unavailable(Box::new(error))
+/// A failed request: [`StoreError::Throttled`] when DynamoDB refused it for capacity (still so
+/// after the SDK's retries), [`StoreError::Unavailable`] otherwise.
+fn unavailable<E>(error: E) -> StoreError
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
+{
+    if is_throttle(error.code(), error.message()) {
+        StoreError::Throttled(Box::new(error))
+    } else {
+        StoreError::Unavailable(Box::new(error))
+    }
+}
+
+/// Whether an error code (and message) is DynamoDB throttling: the throughput and request
+/// limits, or a transaction cancelled because one of its items was throttled.
+fn is_throttle(code: Option<&str>, message: Option<&str>) -> bool {
+    match code {
+        Some(
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded",
+        ) => true,
+        Some("TransactionCanceledException") => {
+            message.is_some_and(|message| message.contains("ThrottlingError"))
+        }
+        _ => false,
+    }
 }
 
 fn unavailable_because(reason: &str) -> StoreError {
@@ -240,7 +265,7 @@ fn cancellation(
 }
 
 fn built<T>(result: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, StoreError> {
-    result.map_err(unavailable)
+    result.map_err(|error| StoreError::Unavailable(Box::new(error)))
 }
 
 fn conditional_put(
@@ -435,5 +460,31 @@ impl Store for DynamoStore {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::is_throttle;
+
+    #[test]
+    fn throttling_codes_are_throttles_and_other_failures_are_not() {
+        assert!(is_throttle(
+            Some("ProvisionedThroughputExceededException"),
+            None
+        ));
+        assert!(is_throttle(Some("ThrottlingException"), Some("slow down")));
+        assert!(is_throttle(
+            Some("TransactionCanceledException"),
+            Some(
+                "Transaction cancelled, please refer cancellation reasons for specific reasons [None, ThrottlingError]"
+            )
+        ));
+        assert!(!is_throttle(
+            Some("TransactionCanceledException"),
+            Some("Transaction cancelled [ConditionalCheckFailed]")
+        ));
+        assert!(!is_throttle(Some("InternalServerError"), None));
+        assert!(!is_throttle(None, None));
     }
 }

@@ -190,7 +190,9 @@ impl DynamoStore {
                     .set_key(Some(key(pk.clone(), seq_sk(allocation.first))))
                     .condition_expression("attribute_not_exists(pk)")
                     .build()
-                    .map_err(|error| CommitError::Store(unavailable(error)))?;
+                    .map_err(|error| {
+                        CommitError::Store(StoreError::Unavailable(Box::new(error)))
+                    })?;
                 transaction.push(TransactWriteItem::builder().condition_check(check).build());
             }
             let item = message_item(
