@@ -86,9 +86,19 @@ pub struct Config {
     pub turn: Option<TurnConfig>,
     /// Serve the demo page from this directory instead of the copy built in (development).
     pub web_dir: Option<PathBuf>,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files (standalone server).
+    pub tls: Option<TlsFiles>,
     /// Wake polls in other processes sharing the store (`SIGNALPOST_WAKEUPS`, default on):
     /// SQS beside DynamoDB, Unix sockets beside SQLite.
     pub wakeups: bool,
+}
+
+/// The standalone server's certificate chain and private key, PEM files named by
+/// `SIGNALPOST_TLS_CERT` and `SIGNALPOST_TLS_KEY`; read (and checked) when the server starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A variable with a value the server cannot use.
@@ -223,6 +233,24 @@ impl Config {
             origins => CorsOrigins::List(origins),
         };
 
+        let tls = match (var("SIGNALPOST_TLS_CERT"), var("SIGNALPOST_TLS_KEY")) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::Missing(
+                    "SIGNALPOST_TLS_KEY (with SIGNALPOST_TLS_CERT)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing(
+                    "SIGNALPOST_TLS_CERT (with SIGNALPOST_TLS_KEY)",
+                ));
+            }
+        };
+
         let listen = var("SIGNALPOST_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(Self {
             listen: SocketAddr::from_str(&listen).map_err(|error| ConfigError::Invalid {
@@ -271,6 +299,7 @@ impl Config {
             stun_urls: list("SIGNALPOST_STUN_URLS"),
             turn,
             web_dir: var("SIGNALPOST_WEB_DIR").map(PathBuf::from),
+            tls,
             wakeups: var("SIGNALPOST_WAKEUPS").is_none() || boolean(&var, "SIGNALPOST_WAKEUPS")?,
         })
     }
@@ -357,6 +386,10 @@ mod tests {
         );
         assert_eq!(config.cors_origins, CorsOrigins::Any);
         assert!(config.secret_generated && !config.gated && config.turn.is_none());
+        assert_eq!(
+            config.tls, None,
+            "plain HTTP unless both TLS files are named"
+        );
         assert!(!format!("{config:?}").contains(&format!("{:?}", config.secret.expose())));
     }
 
@@ -435,6 +468,8 @@ mod tests {
             ("SIGNALPOST_LISTEN", "nowhere"),
             ("SIGNALPOST_PRESENCE_TIMEOUT", "20"),
             ("SIGNALPOST_TURN_URLS", "turn:x"),
+            ("SIGNALPOST_TLS_CERT", "cert.pem"),
+            ("SIGNALPOST_TLS_KEY", "key.pem"),
         ] {
             assert!(
                 config(Deployment::Standalone, &[(name, value)]).is_err(),
@@ -485,9 +520,18 @@ mod tests {
                 ("SIGNALPOST_TURN_URLS", "turn:t"),
                 ("SIGNALPOST_TURN_SECRET", STRONG),
                 ("SIGNALPOST_GATED", "true"),
+                ("SIGNALPOST_TLS_CERT", "cert.pem"),
+                ("SIGNALPOST_TLS_KEY", "key.pem"),
             ],
         )
         .expect("valid");
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into()
+            })
+        );
         assert_eq!(
             config.cors_origins,
             CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])
