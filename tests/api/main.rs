@@ -14,3 +14,4 @@ mod lifecycle;
 mod limits;
 mod membership;
 mod stalled_store;
+mod tls;
