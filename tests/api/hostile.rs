@@ -56,7 +56,7 @@ async fn client_error(response: reqwest::Response) -> (u16, String) {
 /// `SIGNALPOST_TEST_TLS=1`), so nothing normalises the path;
 /// returns the status (0 if the server closed without answering) and the whole response.
 async fn raw(server: &Server, head: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = connect_raw(&server).await;
+    let mut stream = connect_raw(server).await;
     stream.write_all(head.as_bytes()).await.expect("writes");
     stream.write_all(body).await.expect("writes");
     read_response(stream).await
