@@ -3,7 +3,7 @@
 //! HTTP/2 (a stalled stream, an idle connection, a trickled body) and over the handshake.
 //! The rest of the suite runs over HTTPS too with `SIGNALPOST_TEST_TLS=1` (tests/run.sh).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -71,27 +71,7 @@ fn start_fails(env: &[(&str, &std::path::Path)]) -> String {
     for (name, value) in env {
         command.env(name, value);
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("signalpost runs");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            child.kill().expect("kill");
-            child.wait().expect("wait");
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
-        .expect("stderr");
+    let (status, stderr) = crate::support::exit_within(&mut command, Duration::from_secs(10));
     assert!(
         status.is_some_and(|status| !status.success()),
         "started with {env:?}: {stderr}"

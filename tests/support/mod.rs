@@ -164,6 +164,38 @@ pub async fn connect_tls(server: &Server, alpn: &[&[u8]]) -> TlsStream<TcpStream
         .expect("TLS handshake")
 }
 
+/// Runs `command` (stdin and stdout closed, stderr kept) until it exits or `bound` passes, then
+/// kills it: a server that accepted its configuration would run until killed. Returns its exit
+/// status (`None` if it had to be killed) and its stderr.
+#[allow(dead_code)] // tests/api only
+pub fn exit_within(
+    command: &mut Command,
+    bound: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("signalpost runs");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > bound {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
+        .expect("stderr");
+    (status, stderr)
+}
+
 /// Any connection a raw test can write HTTP/1.1 bytes to.
 pub trait RawIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> RawIo for T {}
