@@ -91,12 +91,22 @@ pub struct Config {
     pub turn: Option<TurnConfig>,
     /// Serve the demo page from this directory instead of the copy built in (development).
     pub web_dir: Option<PathBuf>,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files (standalone server).
+    pub tls: Option<TlsFiles>,
     /// Wake polls in other processes sharing the store (`SIGNALPOST_WAKEUPS`, default on):
     /// SQS beside DynamoDB, Unix sockets beside SQLite.
     pub wakeups: bool,
     /// Standalone: serve Prometheus metrics at `GET /metrics` on this address, and only
     /// there (`SIGNALPOST_METRICS_LISTEN`; unset: no metrics endpoint at all).
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The standalone server's certificate chain and private key, PEM files named by
+/// `SIGNALPOST_TLS_CERT` and `SIGNALPOST_TLS_KEY`; read (and checked) when the server starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A variable with a value the server cannot use.
@@ -231,6 +241,24 @@ impl Config {
             origins => CorsOrigins::List(origins),
         };
 
+        let tls = match (var("SIGNALPOST_TLS_CERT"), var("SIGNALPOST_TLS_KEY")) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::Missing(
+                    "SIGNALPOST_TLS_KEY (with SIGNALPOST_TLS_CERT)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing(
+                    "SIGNALPOST_TLS_CERT (with SIGNALPOST_TLS_KEY)",
+                ));
+            }
+        };
+
         let listen = var("SIGNALPOST_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
         let address = |name: &'static str, value: String| {
             SocketAddr::from_str(&value).map_err(|error| ConfigError::Invalid {
@@ -303,6 +331,7 @@ impl Config {
             stun_urls: list("SIGNALPOST_STUN_URLS"),
             turn,
             web_dir: var("SIGNALPOST_WEB_DIR").map(PathBuf::from),
+            tls,
             wakeups: var("SIGNALPOST_WAKEUPS").is_none() || boolean(&var, "SIGNALPOST_WAKEUPS")?,
         })
     }
@@ -402,6 +431,10 @@ mod tests {
         );
         assert_eq!(config.cors_origins, CorsOrigins::Any);
         assert!(config.secret_generated && !config.gated && config.turn.is_none());
+        assert_eq!(
+            config.tls, None,
+            "plain HTTP unless both TLS files are named"
+        );
         assert!(!format!("{config:?}").contains(&format!("{:?}", config.secret.expose())));
     }
 
@@ -484,6 +517,8 @@ mod tests {
             ("SIGNALPOST_POLL_LIMIT", "0"),
             ("SIGNALPOST_POST_LIMIT", "none"),
             ("SIGNALPOST_TRUST_PROXY", "10.0.0.0/8, proxy.example"),
+            ("SIGNALPOST_TLS_CERT", "cert.pem"),
+            ("SIGNALPOST_TLS_KEY", "key.pem"),
         ] {
             assert!(
                 config(Deployment::Standalone, &[(name, value)]).is_err(),
@@ -569,9 +604,18 @@ mod tests {
                 ("SIGNALPOST_TURN_URLS", "turn:t"),
                 ("SIGNALPOST_TURN_SECRET", STRONG),
                 ("SIGNALPOST_GATED", "true"),
+                ("SIGNALPOST_TLS_CERT", "cert.pem"),
+                ("SIGNALPOST_TLS_KEY", "key.pem"),
             ],
         )
         .expect("valid");
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into()
+            })
+        );
         assert_eq!(
             config.cors_origins,
             CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])

@@ -1,6 +1,7 @@
 //! The command line: `--help`, `token`, and gated rooms that need its join tokens.
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -59,26 +60,7 @@ fn short_secrets_are_refused_at_start() {
             .env(name, value)
             .stdin(std::process::Stdio::null());
         // A server that accepted the secret would run until killed: bound the wait.
-        let mut child = command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("signalpost runs");
-        let started = std::time::Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break Some(status);
-            }
-            if started.elapsed() > std::time::Duration::from_secs(10) {
-                child.kill().expect("kill");
-                child.wait().expect("wait");
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
-            .expect("stderr");
+        let (status, stderr) = crate::support::exit_within(&mut command, Duration::from_secs(10));
         assert!(
             status.is_some_and(|status| !status.success()),
             "{name}={value} {args:?} was accepted"

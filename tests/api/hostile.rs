@@ -12,10 +12,10 @@ use signalpost_shared::clock::now_millis;
 use signalpost_shared::ids::{PeerId, RoomId};
 use signalpost_shared::token::TokenKeys;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::support::{
-    Peer, SECRET, Server, assert_problem, candidate, description, http, join, room,
+    Peer, RawIo, SECRET, Server, assert_problem, candidate, connect_raw, description, http, join,
+    room,
 };
 
 /// Text that must never reach a client: the secret, source paths, SQL, panics.
@@ -52,18 +52,17 @@ async fn client_error(response: reqwest::Response) -> (u16, String) {
     (status, body)
 }
 
-/// A request written byte for byte on a fresh connection, so nothing normalises the path;
+/// A request written byte for byte on a fresh connection (over TLS under
+/// `SIGNALPOST_TEST_TLS=1`), so nothing normalises the path;
 /// returns the status (0 if the server closed without answering) and the whole response.
 async fn raw(server: &Server, head: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(server.address())
-        .await
-        .expect("connects");
+    let mut stream = connect_raw(server).await;
     stream.write_all(head.as_bytes()).await.expect("writes");
     stream.write_all(body).await.expect("writes");
     read_response(stream).await
 }
 
-async fn read_response(mut stream: TcpStream) -> (u16, String) {
+async fn read_response(mut stream: Box<dyn RawIo>) -> (u16, String) {
     let mut response = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response));
     // A reset after the answer (the server closing on an unread body) still leaves the answer.
@@ -478,9 +477,7 @@ async fn slow_bodies_are_cut_off_while_others_are_served() {
     );
 
     // A body delivered in pieces but well within the deadline is fine.
-    let mut stream = TcpStream::connect(server.address())
-        .await
-        .expect("connects");
+    let mut stream = connect_raw(&server).await;
     stream.write_all(head.as_bytes()).await.expect("writes");
     for piece in body.as_bytes().chunks(body.len() / 4 + 1) {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -489,12 +486,10 @@ async fn slow_bodies_are_cut_off_while_others_are_served() {
     assert_eq!(read_response(stream).await.0, 202);
 
     // A byte every few seconds never finishes in time: cut off at the deadline with a 400.
-    let mut stream = TcpStream::connect(server.address())
-        .await
-        .expect("connects");
+    let mut stream = connect_raw(&server).await;
     stream.write_all(head.as_bytes()).await.expect("writes");
     let started = Instant::now();
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let trickle = tokio::spawn(async move {
         for byte in body.bytes() {
             if writer.write_all(&[byte]).await.is_err() {
@@ -889,15 +884,13 @@ async fn slow_headers_lose_their_connection() {
         return;
     }
     let server = Server::start();
-    let mut stream = TcpStream::connect(server.address())
-        .await
-        .expect("connects");
+    let mut stream = connect_raw(&server).await;
     stream
         .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .expect("writes");
     let started = Instant::now();
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let trickle = tokio::spawn(async move {
         for _ in 0..60 {
             tokio::time::sleep(Duration::from_secs(2)).await;

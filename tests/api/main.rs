@@ -15,3 +15,4 @@ mod limits;
 mod membership;
 mod metrics;
 mod stalled_store;
+mod tls;

@@ -5,6 +5,10 @@
 //! own SQLite file, `dynamodb` its own table on the DynamoDB-compatible endpoint of the AWS
 //! variables (run the suite through `tests/with-moto.sh`). Any other value fails every test.
 //!
+//! With `SIGNALPOST_TEST_TLS=1` every standalone server serves HTTPS with a certificate from
+//! its own `signalpost dev-cert`, which the test clients trust: [`http`] then speaks HTTP/2
+//! (ALPN), and [`connect_raw`] HTTP/1.1 over TLS. Any other value but `0` fails every test.
+//!
 //! With `SIGNALPOST_TEST_TARGET=watch` the same tests run against the Lambda functions under
 //! `cargo lambda watch` instead (see [`watch`] and `tests/watch/run.sh`), on the store that
 //! `SIGNALPOST_TABLE` chooses there.
@@ -12,11 +16,19 @@
 pub mod watch;
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 /// The secret every test server signs with, so tests can mint tokens of their own. It is the
 /// development secret of `[workspace.metadata.lambda.env]` in the root Cargo.toml, because
@@ -82,6 +94,127 @@ fn dynamodb_table() -> Option<String> {
     Some(table)
 }
 
+/// Whether `SIGNALPOST_TEST_TLS` asks for HTTPS. An unknown value panics, so that a typo
+/// cannot quietly run the suite over plain HTTP.
+pub fn tls_enabled() -> bool {
+    match std::env::var("SIGNALPOST_TEST_TLS").as_deref() {
+        Ok("1") => true,
+        Ok("0") | Err(std::env::VarError::NotPresent) => false,
+        Ok(other) => panic!("SIGNALPOST_TEST_TLS={other:?}: expected 1 or 0"),
+        Err(error) => panic!("SIGNALPOST_TEST_TLS: {error}"),
+    }
+}
+
+/// The certificate and key every HTTPS test server uses: written once per test process by the
+/// binary's own `dev-cert` command.
+pub fn dev_cert() -> &'static (PathBuf, PathBuf) {
+    static PAIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let directory = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "dev-cert-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ));
+        let output = Command::new(env!("CARGO_BIN_EXE_signalpost"))
+            .arg("dev-cert")
+            .arg("--out-dir")
+            .arg(&directory)
+            .output()
+            .expect("signalpost dev-cert runs");
+        assert!(
+            output.status.success(),
+            "dev-cert failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (
+            directory.join("dev-cert.pem"),
+            directory.join("dev-key.pem"),
+        )
+    })
+}
+
+/// A TLS client configuration that trusts [`dev_cert`] only and offers `alpn`.
+pub fn tls_client_config(alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&dev_cert().0).expect("the dev certificate"))
+        .expect("a usable certificate");
+    let mut config = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `server` offering `alpn` (the server must serve HTTPS).
+#[allow(dead_code)] // tests/api only
+pub async fn connect_tls(server: &Server, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(server.address())
+        .await
+        .expect("connects");
+    TlsConnector::from(tls_client_config(alpn))
+        .connect(
+            ServerName::try_from("127.0.0.1").expect("a server name"),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake")
+}
+
+/// Runs `command` (stdin and stdout closed, stderr kept) until it exits or `bound` passes, then
+/// kills it: a server that accepted its configuration would run until killed. Returns its exit
+/// status (`None` if it had to be killed) and its stderr.
+#[allow(dead_code)] // tests/api only
+pub fn exit_within(
+    command: &mut Command,
+    bound: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("signalpost runs");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > bound {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
+        .expect("stderr");
+    (status, stderr)
+}
+
+/// Any connection a raw test can write HTTP/1.1 bytes to.
+pub trait RawIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RawIo for T {}
+
+/// A fresh connection to `server` for requests written byte for byte: plain TCP, or TLS
+/// offering only HTTP/1.1 under `SIGNALPOST_TEST_TLS=1`.
+#[allow(dead_code)] // tests/api only
+pub async fn connect_raw(server: &Server) -> Box<dyn RawIo> {
+    if tls_enabled() {
+        Box::new(connect_tls(server, &[b"http/1.1"]).await)
+    } else {
+        Box::new(
+            TcpStream::connect(server.address())
+                .await
+                .expect("connects"),
+        )
+    }
+}
+
 /// Keeps the test process's own `SIGNALPOST_*` variables away from a server it starts: each
 /// server gets exactly the configuration its test asks for.
 fn remove_signalpost_variables(command: &mut Command) {
@@ -110,6 +243,10 @@ impl Server {
     /// A server with extra `SIGNALPOST_*` variables.
     pub fn start_with(env: &[(&str, &str)]) -> Self {
         if watch::enabled() {
+            assert!(
+                !tls_enabled(),
+                "SIGNALPOST_TEST_TLS=1 is for the standalone server"
+            );
             // The functions under watch use the table of SIGNALPOST_TABLE (tests/watch/run.sh).
             assert!(
                 TestStore::from_env() == TestStore::Sqlite
@@ -168,7 +305,14 @@ impl Server {
             .env("SIGNALPOST_LISTEN", &self.listen)
             .env("SIGNALPOST_DB", self.directory.path().join("signalpost.db"))
             .env("SIGNALPOST_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        if tls_enabled() {
+            let (cert, key) = dev_cert();
+            command
+                .env("SIGNALPOST_TLS_CERT", cert)
+                .env("SIGNALPOST_TLS_KEY", key);
+        }
+        command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(if self.stderr.is_some() {
@@ -206,7 +350,10 @@ impl Server {
         let base = address
             .recv_timeout(STARTUP_TIMEOUT)
             .expect("signalpost printed the address it listens on");
-        self.listen = base.trim_start_matches("http://").to_owned();
+        self.listen = base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned();
         self.base = base;
         self.child = Some(child);
     }
@@ -312,12 +459,16 @@ pub fn standalone_only(what: &str) -> bool {
     skip
 }
 
-/// An HTTP client with a timeout longer than any long poll.
+/// An HTTP client with a timeout longer than any long poll; under `SIGNALPOST_TEST_TLS=1`
+/// it trusts the test servers' certificate and speaks HTTP/2 to them.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(40))
-        .build()
-        .expect("HTTP client")
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(40));
+    let builder = if tls_enabled() {
+        builder.use_preconfigured_tls((*tls_client_config(&[b"h2", b"http/1.1"])).clone())
+    } else {
+        builder
+    };
+    builder.build().expect("HTTP client")
 }
 
 /// A room name no other test uses.

@@ -32,16 +32,17 @@ pub fn fresh_room(rng: &mut impl Rng) -> String {
     format!("{adjective}-{noun}")
 }
 
-/// The demo page's URL for `room` on a server listening at `address`. A wildcard address
-/// (`0.0.0.0`, `::`) is not one a browser can open, so the link names loopback instead.
-pub fn call_url(address: SocketAddr, room: &str) -> String {
+/// The demo page's URL for `room` on a server listening at `address` (`scheme` is `http` or
+/// `https`). A wildcard address (`0.0.0.0`, `::`) is not one a browser can open, so the link
+/// names loopback instead.
+pub fn call_url(scheme: &str, address: SocketAddr, room: &str) -> String {
     let ip = match address.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
     format!(
-        "http://{}/?room={room}",
+        "{scheme}://{}/?room={room}",
         SocketAddr::new(ip, address.port())
     )
 }
@@ -76,7 +77,13 @@ mod tests {
 
     #[test]
     fn the_link_names_an_address_a_browser_can_open() {
-        let url = |listen: &str| call_url(listen.parse().expect("a socket address"), "amber-otter");
+        let url = |listen: &str| {
+            call_url(
+                "http",
+                listen.parse().expect("a socket address"),
+                "amber-otter",
+            )
+        };
         assert_eq!(
             url("127.0.0.1:8080"),
             "http://127.0.0.1:8080/?room=amber-otter"
@@ -87,5 +94,9 @@ mod tests {
         );
         assert_eq!(url("[::]:9000"), "http://[::1]:9000/?room=amber-otter");
         assert_eq!(url("192.0.2.7:80"), "http://192.0.2.7:80/?room=amber-otter");
+        assert_eq!(
+            call_url("https", "0.0.0.0:8443".parse().expect("address"), "a-b"),
+            "https://127.0.0.1:8443/?room=a-b"
+        );
     }
 }

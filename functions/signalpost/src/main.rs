@@ -2,8 +2,10 @@
 //! the embedded SQLite store unless `SIGNALPOST_TABLE` is set), plus its admin commands.
 
 mod call_link;
+mod dev_cert;
 mod prometheus;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use clap::{Parser, Subcommand};
 use signalpost_shared::clock::now_millis;
 use signalpost_shared::config::{Config, Deployment};
 use signalpost_shared::error::error_chain;
-use signalpost_shared::http::serve::ConnectionLimits;
+use signalpost_shared::http::serve::{ConnectionLimits, tls};
 use signalpost_shared::http::standalone_router;
 use signalpost_shared::ids::RoomId;
 use signalpost_shared::signalling::Signalling;
@@ -42,6 +44,13 @@ enum Command {
     /// Create the DynamoDB table SIGNALPOST_TABLE (keys and TTL as in infra/template.yaml), for
     /// local DynamoDB-compatible servers; endpoint and credentials from the AWS variables.
     CreateTable,
+    /// Write a self-signed certificate and key for localhost, 127.0.0.1 and ::1, to serve HTTPS
+    /// (and so HTTP/2) in development: SIGNALPOST_TLS_CERT and SIGNALPOST_TLS_KEY name them.
+    DevCert {
+        /// The directory to write dev-cert.pem and dev-key.pem into.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
     /// Print a join token for a gated room (SIGNALPOST_GATED=true), signed with SIGNALPOST_SECRET.
     Token {
         /// The room the token opens.
@@ -87,6 +96,7 @@ async fn run() -> ExitCode {
         None => serve(config).await,
         Some(Command::Token { room, ttl }) => print_join_token(&config, &room, ttl),
         Some(Command::CreateTable) => create_table(&config).await,
+        Some(Command::DevCert { out_dir }) => dev_cert::write(&out_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +145,14 @@ async fn serve(config: Config) -> Result<(), String> {
         Some(address) => Some(prometheus::serve(address).await?),
         None => None,
     };
+    // Before the store: a bad certificate should not leave a fresh database behind.
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(tls::acceptor(&files.cert, &files.key).map_err(|error| error.to_string())?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let store = store::open(&config)
         .await
         .map_err(|error| format!("cannot open the store: {}", error_chain(&error)))?;
@@ -154,7 +172,7 @@ async fn serve(config: Config) -> Result<(), String> {
 
     // Tests and scripts wait for the first line, and the browser tests open the second one's
     // URL; both go to stdout, unlike the logs.
-    println!("signalpost listening on http://{address}");
+    println!("signalpost listening on {scheme}://{address}");
     let room = call_link::fresh_room(&mut rand::rng());
     let elsewhere = if address.ip().is_unspecified() {
         " (from another machine, put this machine's address in place of the loopback one)"
@@ -163,7 +181,7 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     println!(
         "open {} in two browser tabs for a video call{elsewhere}",
-        call_link::call_url(address, &room)
+        call_link::call_url(scheme, address, &room)
     );
     if let Some(metrics_address) = metrics_address {
         println!("metrics at http://{metrics_address}/metrics");
@@ -176,7 +194,7 @@ async fn serve(config: Config) -> Result<(), String> {
             signalling.begin_shutdown();
         }
     };
-    signalpost_shared::http::serve::serve(listener, router, limits, shutdown).await;
+    signalpost_shared::http::serve::serve(listener, router, limits, tls, shutdown).await;
     housekeeping.abort();
     // Its wake-up socket or queue goes with it.
     signalling.close().await;

@@ -11,10 +11,11 @@ export const CHROMIUM_ARGS = [
   "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-gpu",
 ];
 
-export function launchBrowser() {
+/** `extraArgs` adds Chromium flags for one test (e.g. `--ignore-certificate-errors`). */
+export function launchBrowser(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: CHROMIUM_ARGS,
+    args: [...CHROMIUM_ARGS, ...extraArgs],
     timeout: 30_000,
   });
 }

@@ -55,7 +55,7 @@ export async function startServer(env = {}) {
     }
     const onData = (chunk) => {
       log += chunk;
-      const listening = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
+      const listening = /listening on (https?:\/\/127\.0\.0\.1:\d+)/.exec(log);
       const call = /^open (\S+) in two browser tabs/m.exec(log);
       if (listening && call) { clearTimeout(timer); resolve({ url: listening[1], callUrl: call[1] }); }
     };
