@@ -17,6 +17,12 @@ CloudFormation will create) and checks:
               and refuse one without the other (evaluated here for the four cases);
   concurrency the poll function's reserved concurrency comes from a parameter that 0 turns
               off and whose maximum leaves the account's 100 unreserved executions free;
+  cloudfront  the opt-in distribution in front of the API (EnableCloudFront, default off):
+              HTTP/2 and HTTP/3, caching disabled (the managed CachingDisabled policy on
+              every behaviour), every viewer header and query string but Host forwarded
+              (AllViewerExceptHostHeader), the contract's methods allowed, an origin read
+              timeout of at least MaxWait's maximum + ORIGIN_TIMEOUT_MARGIN s and at most 60,
+              and its URL in the outputs;
   iam         each function's IAM policies grant exactly the DynamoDB and Secrets Manager
               actions (and resources, and `dynamodb:LeadingKeys`) recorded in
               infra/iam-calls.json: a grant no function call needs fails, and so does a
@@ -49,6 +55,16 @@ CONFIG_RS = ROOT / "shared" / "src" / "config.rs"
 UNRESERVED_MINIMUM = 100
 # The default account limit of concurrent executions.
 DEFAULT_ACCOUNT_LIMIT = 1000
+# CloudFront's managed policies (ids as CloudFormation takes them).
+CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER_EXCEPT_HOST_HEADER = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+# A distribution's origin read timeout covers the longest poll (MaxWait) plus this: the poll's
+# last store read and its response, and API Gateway's own 30 s integration limit, so that the
+# API's answer, not a CloudFront 504, reaches the browser.
+ORIGIN_TIMEOUT_MARGIN = 10
+# CloudFront's longest origin read timeout without a quota raise, and its default.
+ORIGIN_TIMEOUT_MAX = 60
+ORIGIN_TIMEOUT_DEFAULT = 30
 # The services whose calls tests/watch/record_aws.py records; grants of other services (the
 # managed logging and tracing policies, or a queue) are not compared with the record.
 RECORDED_SERVICES = ("dynamodb:", "secretsmanager:")
@@ -300,6 +316,55 @@ def check_concurrency(template: dict, report: Report) -> None:
                  f"{others} reserve too")
 
 
+# --- cloudfront --------------------------------------------------------------------------
+
+
+def check_cloudfront(template: dict, report: Report) -> None:
+    resources = template["Resources"]
+    distributions = {k: r for k, r in resources.items() if r["Type"] == "AWS::CloudFront::Distribution"}
+    if not distributions:
+        report.check(False, "cloudfront", "no AWS::CloudFront::Distribution in the template")
+        return
+    params = template.get("Parameters") or {}
+    conditions = template.get("Conditions") or {}
+    max_wait = int((params.get("MaxWait") or {}).get("MaxValue", 10**9))
+    want_timeout = max_wait + ORIGIN_TIMEOUT_MARGIN
+    for name, resource in sorted(distributions.items()):
+        condition = conditions.get(resource.get("Condition"), {})
+        equals = condition.get("Fn::Equals", [None, None])
+        param = next((v["Ref"] for v in equals if isinstance(v, dict) and "Ref" in v), None)
+        opt_in = (param is not None and "true" in equals
+                  and str((params.get(param) or {}).get("Default")) == "false")
+        report.check(opt_in, f"cloudfront: {name} is opt-in (a condition on a parameter that defaults to false)",
+                     f"condition {resource.get('Condition')} is {condition}")
+        config = resource["Properties"]["DistributionConfig"]
+        report.check(config.get("HttpVersion") == "http2and3", f"cloudfront: {name} speaks HTTP/2 and HTTP/3",
+                     f"HttpVersion is {config.get('HttpVersion')}")
+        behaviours = [config.get("DefaultCacheBehavior") or {}] + list(config.get("CacheBehaviors") or [])
+        cached = [b.get("PathPattern", "default") for b in behaviours
+                  if b.get("CachePolicyId") != CACHING_DISABLED or "ForwardedValues" in b]
+        report.check(not cached, f"cloudfront: {name} caches nothing (CachingDisabled on every behaviour)",
+                     f"behaviours {cached} use another cache policy or legacy cache settings")
+        unforwarded = [b.get("PathPattern", "default") for b in behaviours
+                       if b.get("OriginRequestPolicyId") != ALL_VIEWER_EXCEPT_HOST_HEADER]
+        report.check(not unforwarded, f"cloudfront: {name} forwards every viewer header and query string "
+                     "but Host (AllViewerExceptHostHeader)", f"behaviours {unforwarded} do not")
+        methods = [b.get("PathPattern", "default") for b in behaviours
+                   if not {"GET", "POST", "DELETE", "OPTIONS"} <= set(b.get("AllowedMethods") or [])]
+        report.check(not methods, f"cloudfront: {name} allows GET, POST, DELETE and OPTIONS",
+                     f"behaviours {methods} do not")
+        for origin in config.get("Origins") or []:
+            custom = origin.get("CustomOriginConfig") or {}
+            timeout = int(custom.get("OriginReadTimeout", ORIGIN_TIMEOUT_DEFAULT))
+            report.check(want_timeout <= timeout <= ORIGIN_TIMEOUT_MAX,
+                         f"cloudfront: {name} origin {origin.get('Id')} read timeout {timeout} s covers the "
+                         f"longest poll: MaxWait up to {max_wait} + {ORIGIN_TIMEOUT_MARGIN} s, at most "
+                         f"{ORIGIN_TIMEOUT_MAX} s", f"it must be {want_timeout}..={ORIGIN_TIMEOUT_MAX}")
+        outputs = [o for o in (template.get("Outputs") or {}).values()
+                   if name in json.dumps(o.get("Value"))]
+        report.check(bool(outputs), f"cloudfront: {name}'s URL is an output", "no output names it")
+
+
 # --- iam ---------------------------------------------------------------------------------
 
 
@@ -439,6 +504,7 @@ def main() -> int:
     check_parameters(template, args.config, report)
     check_rules(template, report)
     check_concurrency(template, report)
+    check_cloudfront(template, report)
     check_iam(template, json.loads(args.calls.read_text(encoding="utf-8")), report)
     return report.done()
 

@@ -27,6 +27,151 @@ const BUFFERED_TYPES = ["message", "peer-joined", "peer-left"];
 
 let activePolls = 0;
 
+// ---- many tabs, one server: is this browser likely out of connections? ----
+//
+// Over HTTP/1.1 a browser opens at most six connections per host, shared by every tab of a
+// profile that is on the same site (Chromium and Firefox key their connection pools by the
+// top-level site), and every polling channel holds one for its whole long poll. A seventh
+// request to that host, a join or a post, waits for a poll to end. Over HTTP/2 all of them
+// share one connection. So each page keeps a census of the channels polling one server
+// across its tabs, over a BroadcastChannel (which reaches the tabs of this page's origin):
+//   {kind: "census", tab}         a tab that starts polling asks the others to answer;
+//   {kind: "state", tab, polls}   a tab's number of polling channels, sent when it
+//                                 changes, every CENSUS_HEARTBEAT_MS, and to answer a
+//                                 census; polls 0 is a goodbye.
+// A tab that vanishes without a goodbye (a crash) drops out after CENSUS_EXPIRY_MS.
+// Over HTTP/1.1, with more than CONNECTIONS_PER_HOST_HTTP1 - 1 channels polling, each tab
+// with a polling channel warns once on its console. The census never changes what the
+// channels send.
+const CONNECTIONS_PER_HOST_HTTP1 = 6;
+const CENSUS_HEARTBEAT_MS = 10_000;
+// Longer than a long poll (maxWait 25 s) and its margin: a hidden tab whose timers the
+// browser throttles to one a minute still says it is alive at every poll it starts.
+const CENSUS_EXPIRY_MS = 45_000;
+
+/**
+ * The census of the channels polling one server origin, as this page sees it. One per
+ * origin per page, and only in a page (a document): Node's fetch has no six-connection cap.
+ */
+class OriginCensus {
+  static #byOrigin = new Map();
+
+  /** The census for `baseUrl`'s origin, or null where there is nothing to count. */
+  static of(baseUrl) {
+    if (typeof document === "undefined" || typeof BroadcastChannel !== "function") return null;
+    let origin;
+    try { origin = new URL(baseUrl, document.baseURI).origin; } catch { return null; }
+    let census = OriginCensus.#byOrigin.get(origin);
+    if (!census) {
+      census = new OriginCensus(origin);
+      OriginCensus.#byOrigin.set(origin, census);
+    }
+    return census;
+  }
+
+  #origin; #tab = randomId(12); #broadcast = null; #heartbeat = null;
+  /** Polling channels of this page. */
+  #local = 0;
+  /** tab id -> {polls, seenAt}: the other tabs with polling channels. */
+  #others = new Map();
+  #lastAnnounced = 0;
+  #warned = false;
+
+  constructor(origin) { this.#origin = origin; }
+
+  /** A channel of this page started its poll loop. */
+  pollingStarted() {
+    if (++this.#local === 1) this.#open();
+    this.#announce();
+    this.#check();
+  }
+
+  /** A channel of this page stopped polling (closed, hidden, or gave up). */
+  pollingStopped() {
+    if (--this.#local > 0) { this.#announce(); return; }
+    this.#announce();
+    this.#broadcast?.close();
+    this.#broadcast = null;
+    clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
+    this.#others.clear();
+  }
+
+  /** A poll is starting: a heartbeat that timer throttling in hidden tabs cannot delay. */
+  polled() {
+    if (Date.now() - this.#lastAnnounced >= CENSUS_HEARTBEAT_MS) this.#announce();
+  }
+
+  #open() {
+    this.#broadcast = new BroadcastChannel(`signalpost-census:${this.#origin}`);
+    this.#broadcast.onmessage = ({ data }) => this.#heard(data);
+    this.#heartbeat = setInterval(() => { this.#announce(); this.#check(); }, CENSUS_HEARTBEAT_MS);
+    this.#post({ kind: "census", tab: this.#tab });
+  }
+
+  #announce() {
+    this.#lastAnnounced = Date.now();
+    this.#post({ kind: "state", tab: this.#tab, polls: this.#local });
+  }
+
+  #post(message) {
+    try { this.#broadcast?.postMessage(message); } catch { /* closed while the page unloads */ }
+  }
+
+  #heard(message) {
+    if (!message || typeof message.tab !== "string" || message.tab === this.#tab) return;
+    if (message.kind === "census") {
+      if (this.#local > 0) this.#announce();
+    } else if (message.kind === "state") {
+      const polls = Number(message.polls);
+      if (Number.isInteger(polls) && polls > 0) this.#others.set(message.tab, { polls, seenAt: Date.now() });
+      else this.#others.delete(message.tab);
+      this.#check();
+    }
+  }
+
+  /** Channels polling this origin across the tabs heard from recently, this page included. */
+  #total() {
+    const now = Date.now();
+    let total = this.#local;
+    for (const [tab, { polls, seenAt }] of this.#others) {
+      if (now - seenAt > CENSUS_EXPIRY_MS) this.#others.delete(tab);
+      else total += polls;
+    }
+    return total;
+  }
+
+  #check() {
+    if (this.#warned || this.#local === 0) return;
+    const total = this.#total();
+    if (total < CONNECTIONS_PER_HOST_HTTP1 || !this.#overHttp1()) return;
+    this.#warned = true;
+    console.warn(`signalpost: ${total} channels are long-polling ${this.#origin} over HTTP/1.1 from tabs `
+      + `of this browser. A browser opens at most ${CONNECTIONS_PER_HOST_HTTP1} HTTP/1.1 connections to a `
+      + "host, and each polling channel holds one, so joins and posts wait for a poll to end. "
+      + "Serve signalpost over HTTPS with HTTP/2, which shares one connection: set SIGNALPOST_TLS_CERT "
+      + "and SIGNALPOST_TLS_KEY on the standalone server, put a reverse proxy that speaks HTTP/2 in "
+      + "front of it, or on AWS deploy the template with EnableCloudFront=true "
+      + "(README, \"Many tabs: HTTP/2 and TLS\").");
+  }
+
+  /**
+   * Whether this page's requests to the origin go over HTTP/1.x: the newest resource
+   * timing entry that names a protocol decides. A cross-origin server that sends no
+   * Timing-Allow-Origin names none; then plain http: is HTTP/1.1 (browsers speak HTTP/2
+   * only over TLS), and https: is unknown, so no warning.
+   */
+  #overHttp1() {
+    const entries = typeof performance?.getEntriesByType === "function"
+      ? performance.getEntriesByType("resource") : [];
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const { name, nextHopProtocol } = entries[i];
+      if (nextHopProtocol && name.startsWith(`${this.#origin}/`)) return /^http\/1/.test(nextHopProtocol);
+    }
+    return this.#origin.startsWith("http:");
+  }
+}
+
 /** An HTTP failure the client gives up on, with the problem document's stable code. */
 export class SignalingError extends Error {
   constructor(status, code, detail) {
@@ -368,6 +513,8 @@ export class SignalingChannel extends EventTarget {
       // Browsers allow six connections per origin; every held poll takes one for ~25 s.
       console.warn("signalpost: more than one channel is polling in this page");
     }
+    const census = OriginCensus.of(this.#base);
+    census?.pollingStarted();
     try {
       let attempt = 0;
       while (!this.#closed && !this.#hidden) {
@@ -377,6 +524,7 @@ export class SignalingChannel extends EventTarget {
         }
         const session = this.#session;
         const startedAt = Date.now();
+        census?.polled();
         let result;
         try {
           result = await this.#pollOnce(session);
@@ -410,6 +558,7 @@ export class SignalingChannel extends EventTarget {
       }
     } finally {
       activePolls--;
+      census?.pollingStopped();
     }
   }
 

@@ -542,9 +542,17 @@ impl Signalling {
         self.shutdown.send_replace(true);
     }
 
-    /// Gives back the wake-up adapter's queue or socket; call once polls have ended.
+    /// Gives back the wake-up adapter's queue or socket, within [`wakeup::CLOSE_BUDGET`];
+    /// call once polls have ended.
     pub async fn close(&self) {
-        self.wakeup.close().await;
+        if tokio::time::timeout(wakeup::CLOSE_BUDGET, self.wakeup.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the wake-up queue or socket was not given back in time; it is left behind"
+            );
+        }
     }
 }
 

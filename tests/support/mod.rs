@@ -429,6 +429,11 @@ impl Server {
         })
     }
 
+    /// The DynamoDB table of a standalone server on `SIGNALPOST_TEST_STORE=dynamodb`.
+    pub fn table(&self) -> Option<&str> {
+        self.table.as_deref()
+    }
+
     /// The `host:port` the server listens on, for raw TCP clients.
     pub fn address(&self) -> &str {
         &self.listen

@@ -42,6 +42,11 @@ use crate::store::Doorbell;
 /// environment may be frozen right after it).
 pub const RING_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long giving the adapter's queue or socket back may take at shutdown: a stalled
+/// wake-up service must not hold a graceful shutdown. It also fits Lambda's SHUTDOWN phase
+/// (500 ms with an internal extension registered), should functions call it there.
+pub const CLOSE_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Carries wake-ups to polls waiting in other processes. Received wake-ups go to the
 /// [`Wakeups`] the adapter was built with. Implementations are shared as `Arc<dyn Wakeup>`.
 #[async_trait]
@@ -55,7 +60,8 @@ pub trait Wakeup: Send + Sync + 'static {
     /// never returned, and costs the recipient only latency.
     async fn ring(&self, room: &RoomId, doorbells: &[Doorbell]);
 
-    /// Gives back what the adapter holds (its queue, its socket) before the process ends.
+    /// Gives back what the adapter holds (its queue, its socket) before the process ends; no
+    /// address comes back to life afterwards. Callers bound it by [`CLOSE_BUDGET`].
     async fn close(&self) {}
 }
 
