@@ -310,10 +310,10 @@ impl Signalling {
         let slot = self.polls.take(room, peer);
         let mut shutdown = self.shutdown.subscribe();
         let listening = self.wakeup.listen().await;
-        let schedule = if listening.is_some() {
-            PollSchedule::WITH_WAKEUPS
-        } else {
-            self.schedule
+        let schedule = match &listening {
+            None => self.schedule,
+            Some(_) if self.wakeup.alone() => PollSchedule::ALONE,
+            Some(_) => PollSchedule::WITH_WAKEUPS,
         };
         let after_seq = after.map_or(0, |cursor| cursor.seq);
         let presence = self

@@ -29,6 +29,8 @@ pub struct FaultyStore {
     plan: FaultPlan,
     calls: AtomicU64,
     pub injected: AtomicU64,
+    /// Inbox reads asked of the store.
+    pub reads: AtomicU64,
 }
 
 fn injected(what: &str) -> StoreError {
@@ -44,6 +46,7 @@ impl FaultyStore {
             plan,
             calls: AtomicU64::new(0),
             injected: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +113,7 @@ impl Store for FaultyStore {
         limit: usize,
         now: Millis,
     ) -> Result<InboxRead, StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let fail = self.before().await?;
         self.after(fail, self.inner.read(room, peer, after, limit, now).await)
     }

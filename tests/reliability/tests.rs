@@ -314,3 +314,71 @@ async fn a_failing_wakeup_path_costs_latency_not_messages() {
         assert!(outcome.delivered > 0, "{fault:?}: {outcome:?}");
     }
 }
+
+/// How many inbox reads an idle poll of 13 s makes in a process on a SQLite file, alone on it
+/// or beside another process.
+async fn idle_poll_reads(beside_another: bool) -> u64 {
+    use signalpost_shared::clock::now_millis;
+    use signalpost_shared::cursor::Cursor;
+    use signalpost_shared::ids::RoomId;
+    use signalpost_shared::wakeup::{Wakeup, Wakeups, socket::SocketWakeup};
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let database = directory.path().join("idle.db");
+    let no_faults = FaultPlan {
+        fail_before_every: 0,
+        fail_after_every: 0,
+        stall_every: 0,
+    };
+    let store = Arc::new(FaultyStore::new(
+        Arc::new(SqliteStore::open(&database).expect("database")),
+        no_faults,
+    ));
+    let other = SocketWakeup::beside(&database, Arc::default());
+    if beside_another {
+        other
+            .listen()
+            .await
+            .expect("the other process's socket is bound");
+    }
+    let wakeups = Arc::new(Wakeups::default());
+    let adapter: Arc<dyn Wakeup> = Arc::new(SocketWakeup::beside(&database, Arc::clone(&wakeups)));
+    let signalling = Signalling::with_wakeup(
+        test_config(),
+        Arc::clone(&store) as Arc<dyn Store>,
+        wakeups,
+        adapter,
+    );
+    let room = RoomId::parse("idle").expect("valid");
+    let joined = signalling
+        .join(room, None, None, None)
+        .await
+        .expect("joins");
+    let grant = signalling
+        .verify_peer_token(&joined.token)
+        .expect("its own token");
+    // Idle for a minute already: the poll is past its eager phase from the start.
+    let cursor = Cursor {
+        seq: 0,
+        activity: now_millis() - 60_000,
+    };
+    let before = store.reads.load(Ordering::Relaxed);
+    let polled = signalling
+        .poll(&grant, Some(cursor), Duration::from_secs(13))
+        .await
+        .expect("polls");
+    assert!(polled.messages.is_empty());
+    store.reads.load(Ordering::Relaxed) - before
+}
+
+/// Issue 11: a process alone on its SQLite file (the standalone server) sees every write
+/// itself and wakes its polls in-process, so an idle poll reads nothing; beside another
+/// process a poll keeps its fallback read, at most one per 10 s while idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poll_reads_the_store_only_when_another_process_shares_it() {
+    let (alone, shared) = tokio::join!(idle_poll_reads(false), idle_poll_reads(true));
+    assert_eq!(alone, 0, "alone on the file, an idle poll read the store");
+    assert!(
+        (1..=2).contains(&shared),
+        "beside another process, an idle 13 s poll read {shared} times (one fallback read per 10 s)"
+    );
+}

@@ -16,7 +16,9 @@
 //!
 //! A wake-up is only a hint: the inbox stays the truth. A lost or late one costs latency
 //! until the poll's next fallback read ([`PollSchedule::WITH_WAKEUPS`]), and a failing
-//! wake-up path never fails the write that rang it.
+//! wake-up path never fails the write that rang it. A process that knows it is alone on its
+//! store ([`Wakeup::alone`]) wakes its polls in-process for every write, so its polls make no
+//! fallback reads ([`PollSchedule::ALONE`]).
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -63,6 +65,13 @@ pub trait Wakeup: Send + Sync + 'static {
     /// Gives back what the adapter holds (its queue, its socket) before the process ends; no
     /// address comes back to life afterwards. Callers bound it by [`CLOSE_BUDGET`].
     async fn close(&self) {}
+
+    /// Whether this process is known to be the only one using the store: then every write
+    /// wakes its polls in-process, and they need no fallback reads (the standalone server
+    /// alone on its SQLite file). `false` whenever that cannot be known.
+    fn alone(&self) -> bool {
+        false
+    }
 }
 
 /// A poll's hold on its process's receiver.
@@ -108,7 +117,11 @@ pub async fn open(config: &Config, wakeups: Arc<Wakeups>) -> Arc<dyn Wakeup> {
     }
     #[cfg(unix)]
     {
-        Arc::new(socket::SocketWakeup::beside(&config.db_path, wakeups))
+        let adapter = socket::SocketWakeup::beside(&config.db_path, wakeups);
+        // Bound now, not at the first poll: a process that only writes (the `post` function
+        // under watch) must be visible to the others' `alone`.
+        let _ = adapter.listen().await;
+        Arc::new(adapter)
     }
     #[cfg(not(unix))]
     {

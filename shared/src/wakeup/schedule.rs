@@ -107,6 +107,16 @@ impl PollSchedule {
         idle_after: Duration::from_secs(10),
     };
 
+    /// A process alone on its store sees every write itself, and wakes its polls in-process:
+    /// no fallback reads (an hour is longer than any poll). A poll still reads when woken,
+    /// when its presence update shows the inbox head past its cursor, and so at the start of
+    /// the next poll should a write have gone unnoticed.
+    pub const ALONE: Self = Self {
+        active: Duration::from_secs(3600),
+        idle: Duration::from_secs(3600),
+        idle_after: Duration::from_secs(10),
+    };
+
     /// The pause before the next read, given how long the inbox has been quiet: constant at
     /// first, then growing linearly to the idle interval.
     pub fn interval(&self, quiet: Duration) -> Duration {

@@ -1,7 +1,12 @@
 //! Wake-ups between processes sharing one SQLite file: a Unix datagram socket per process,
-//! in a directory beside the database (`<db>.wakeup/`), bound when the process's first poll
-//! waits. A doorbell is one datagram naming the inboxes; sending never blocks, and a full or
-//! vanished receiver costs only that wake-up.
+//! in a directory beside the database (`<db>.wakeup/`), bound when the process starts
+//! ([`super::open`]). A doorbell is one datagram naming the inboxes; sending never blocks,
+//! and a full or vanished receiver costs only that wake-up.
+//!
+//! The directory also tells a process whether it is alone on the file: if no other live
+//! socket is there, every write is its own, and its polls need no fallback reads. A process
+//! sharing the file with wake-ups off (`SIGNALPOST_WAKEUPS=false`) binds no socket, so its
+//! writes reach such a poll only when the poll ends: at the next poll's presence update.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,6 +105,17 @@ impl SocketWakeup {
         })
     }
 
+    /// A plain non-blocking socket to send from, made once.
+    fn sender(&self) -> Option<&std::os::unix::net::UnixDatagram> {
+        self.sender
+            .get_or_init(|| {
+                let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
+                socket.set_nonblocking(true).ok()?;
+                Some(socket)
+            })
+            .as_ref()
+    }
+
     fn own_address(&self) -> Option<&str> {
         self.bound
             .get()
@@ -123,15 +139,7 @@ impl Wakeup for SocketWakeup {
         if payloads.is_empty() {
             return;
         }
-        let Some(sender) = self
-            .sender
-            .get_or_init(|| {
-                let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
-                socket.set_nonblocking(true).ok()?;
-                Some(socket)
-            })
-            .as_ref()
-        else {
+        let Some(sender) = self.sender() else {
             return;
         };
         for (address, payload) in payloads {
@@ -162,6 +170,35 @@ impl Wakeup for SocketWakeup {
             let _ = std::fs::remove_file(&*bound.address);
         }
     }
+
+    /// Alone when our socket is bound and listening and no other live socket is in the
+    /// directory. An empty datagram probes each other socket (its receiver ignores it): one
+    /// left by a process that ended without removing it refuses the connection, and is
+    /// removed, so a crash does not cost the next server its quiet.
+    fn alone(&self) -> bool {
+        let (Some(Some(bound)), Some(sender)) = (self.bound.get(), self.sender()) else {
+            return false;
+        };
+        if bound.receiver.is_finished() {
+            return false;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.directory) else {
+            return false;
+        };
+        entries.filter_map(Result::ok).all(|entry| {
+            let path = entry.path();
+            if path.as_os_str() == std::ffi::OsStr::new(&*bound.address) {
+                return true;
+            }
+            match sender.send_to(b"", &path) {
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    let _ = std::fs::remove_file(&path);
+                    true
+                }
+                _ => false,
+            }
+        })
+    }
 }
 
 impl Drop for SocketWakeup {
@@ -191,6 +228,31 @@ mod tests {
             &dead,
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_process_is_alone_until_another_binds_beside_it() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let database = directory.path().join("signalpost.db");
+        let first = SocketWakeup::beside(&database, Arc::default());
+        assert!(!first.alone(), "not listening yet: nothing is known");
+        let _listening = first.listen().await.expect("bound");
+        assert!(first.alone());
+        let second = SocketWakeup::beside(&database, Arc::default());
+        second.listen().await.expect("bound");
+        assert!(!first.alone() && !second.alone());
+        second.close().await;
+        assert!(first.alone(), "the other process has gone");
+        // A socket left by a process that ended without removing it.
+        let stale = first.directory.join("left-behind");
+        drop(std::os::unix::net::UnixDatagram::bind(&stale).expect("bound"));
+        assert!(stale.exists());
+        assert!(
+            first.alone(),
+            "a socket nobody listens on is no other process"
+        );
+        assert!(!stale.exists(), "and it is removed");
+        first.close().await;
     }
 
     #[tokio::test]

@@ -126,7 +126,14 @@ impl SqsWakeup {
     /// Connects with the standard AWS configuration (region, credentials,
     /// `AWS_ENDPOINT_URL_SQS`); the queue is created on first use.
     pub async fn connect(table: &str, wakeups: Arc<Wakeups>) -> Result<Self, String> {
-        let config = crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
+        Self::from_client(Client::new(&Self::sdk_config().await), table, wakeups)
+    }
+
+    /// The SDK configuration [`SqsWakeup::connect`] builds its client from: the standard AWS
+    /// variables, this adapter's timeouts and retries. Public so that a measurement can build
+    /// the same client with an interceptor added (`bench dynamo` counts requests that way).
+    pub async fn sdk_config() -> aws_config::SdkConfig {
+        crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(1))
@@ -136,8 +143,7 @@ impl SqsWakeup {
             )
             .retry_config(RetryConfig::standard().with_max_attempts(2))
             .load()
-            .await;
-        Self::from_client(Client::new(&config), table, wakeups)
+            .await
     }
 
     /// Uses an SDK client built elsewhere.

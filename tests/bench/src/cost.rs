@@ -1,15 +1,23 @@
 //! `bench cost`: what a deployment costs, from measured request counts times the price table
 //! of `prices.rs`. Run through `tests/with-moto.sh` (DynamoDB on a local moto server).
 //!
-//! Measured here, on the same two-instance set-up as `bench dynamo` (posts on one signalling
-//! instance, polls on another, one DynamoDB table): the HTTP requests of a call set up and
-//! their durations, the DynamoDB requests and write units it costs, and what idle waiting
-//! peers cost per minute (polls, time held, DynamoDB reads and write units). Nothing about
-//! the wake-up design is assumed: a cheaper idle read schedule or a wake-up channel shows up
-//! in the measured counts when the command runs again.
+//! Measured here, on the same set-up as `bench dynamo` (signalling instances on one DynamoDB
+//! table, each with its own SQS wake-up queue, as Lambda execution environments): the HTTP
+//! requests of a call set up and their durations, the DynamoDB requests and write units and
+//! the SQS requests it costs; and what idle waiting peers cost per minute (polls, time held,
+//! DynamoDB reads and write units, SQS requests), once with one poll per instance (classic
+//! Lambda) and once with every poll in one instance (Managed Instances). Nothing about the
+//! wake-up design is assumed: a change to the fallback reads or to the wake-ups shows up in
+//! the measured counts when the command runs again.
+//!
+//! One modelled step: an execution environment has one SQS receive loop for all its polls,
+//! so on Managed Instances the receives measured per instance-minute are divided among the
+//! `--concurrency` polls an environment holds (environments assumed full; the monthly figures
+//! count every running environment's receives instead).
 
 use std::time::Duration;
 
+use crate::deployment::Deployment;
 use crate::dynamo::{self, ANSWER_BYTES, Idle, OFFER_BYTES, Tally};
 use crate::prices::{self, Price};
 
@@ -45,17 +53,14 @@ pub struct Settings {
     /// Seconds the idle peers are measured.
     #[arg(long, default_value_t = 60)]
     pub idle_seconds: u64,
+    /// SQS wake-ups between instances (`false`: polls in other instances find messages by
+    /// their fallback store reads, as before the wake-ups; no SQS requests).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub wakeups: bool,
 }
 
 /// Per-item overhead of a message item beyond its data (keys, sender, type, expiry, id).
 const ITEM_OVERHEAD_BYTES: usize = 300;
-
-/// SQS requests the wake-ups sent during a measurement. This build wakes polls in other
-/// processes by store reads only, so there are none; an SQS wake-up adapter (issue 11)
-/// reports its request count here, and the model then prices it.
-fn sqs_requests() -> u64 {
-    0
-}
 
 fn dollars(count: f64, price: &Price) -> f64 {
     count * price.dollars
@@ -108,31 +113,52 @@ fn sdp_surcharge() -> (f64, f64) {
 
 /// One waiting peer for one hour.
 struct PeerHour {
+    /// Classic Lambda: GB-seconds of the poll function.
     gb_seconds: f64,
-    usage: Usage,
+    /// Classic Lambda: what it pays by the request, one poll per execution environment.
+    classic: Usage,
+    /// Managed Instances: the same without the SQS receives, which are per environment.
+    managed: Usage,
+    /// Managed Instances: SQS receives per execution environment-hour (its one receive loop).
+    receives_per_environment: f64,
 }
 
 impl PeerHour {
-    fn from_idle(idle: &Idle, sqs_per_minute: f64, settings: &Settings) -> Self {
+    /// From idle peers measured one per instance (`classic`) and all in one instance
+    /// (`managed`).
+    fn from_idle(classic: &Idle, managed: &Idle, settings: &Settings) -> Self {
+        let usage = |idle: &Idle, sqs: f64| Usage {
+            requests: idle.polls * 60.0,
+            // An idle read finds nothing: one unit each.
+            read_units: idle.reads * 60.0,
+            write_units: idle.write_units * 60.0,
+            sqs: sqs * 60.0,
+        };
         Self {
-            gb_seconds: idle.held * 3600.0 * settings.poll_memory_mb / 1024.0,
-            usage: Usage {
-                requests: idle.polls * 60.0,
-                // An idle read finds nothing: one unit each.
-                read_units: idle.reads * 60.0,
-                write_units: idle.write_units * 60.0,
-                sqs: sqs_per_minute * 60.0,
-            },
+            gb_seconds: classic.held * 3600.0 * settings.poll_memory_mb / 1024.0,
+            classic: usage(classic, classic.sqs),
+            managed: usage(managed, managed.sqs - managed.sqs_receives),
+            // Per peer-minute times the peers that shared the instance's one loop.
+            receives_per_environment: managed.sqs_receives * 60.0 * settings.idle_peers as f64
+                / managed.instances as f64,
         }
-    }
-
-    /// What both modes pay: requests, DynamoDB, SQS.
-    fn shared(&self) -> f64 {
-        self.usage.cost()
     }
 
     fn classic_compute(&self) -> f64 {
         dollars(self.gb_seconds, &prices::LAMBDA_GB_SECOND)
+    }
+
+    /// Managed Instances: a peer's share of its environment's receives, environments full.
+    fn managed_receives(&self, settings: &Settings) -> f64 {
+        dollars(
+            self.receives_per_environment / settings.concurrency,
+            &prices::SQS_REQUEST,
+        )
+    }
+
+    /// Managed Instances: what a peer pays by the request.
+    fn managed_requests(&self, settings: &Settings) -> f64 {
+        self.managed.cost() + self.managed_receives(settings)
     }
 }
 
@@ -164,16 +190,14 @@ fn money(value: f64) -> String {
 
 /// Measures, prices and prints.
 pub async fn run(settings: Settings) {
-    let (store, posting, polling) = dynamo::deployment().await;
-    let sqs_before = sqs_requests();
-
     // A call set up, `rounds` times.
+    let deployment = Deployment::start(settings.wakeups).await;
     let tally = Tally::default();
-    let before = store.request_counts();
+    let before = deployment.counts();
     for _ in 0..settings.rounds {
-        dynamo::negotiation(&posting, &polling, &tally).await;
+        dynamo::negotiation(&deployment.posting, &deployment.polling, &tally).await;
     }
-    let after = store.request_counts();
+    let after = deployment.counts();
     let rounds = settings.rounds.max(1) as f64;
     let (read_surcharge, write_surcharge) = sdp_surcharge();
     let mut per_function: Vec<_> = tally
@@ -189,12 +213,16 @@ pub async fn run(settings: Settings) {
             settings.other_memory_mb
         }
     };
+    // Sends and receives: a queue is created once per execution environment, at its first
+    // poll, not per call.
+    let sqs = after.sqs.since(before.sqs);
     let call = Call {
         usage: Usage {
             requests: per_function.iter().map(|(_, count, _)| count).sum(),
-            read_units: (after.reads - before.reads) as f64 / rounds + read_surcharge,
-            write_units: dynamo::write_units(before, after) as f64 / rounds + write_surcharge,
-            sqs: (sqs_requests() - sqs_before) as f64 / rounds,
+            read_units: (after.dynamo.reads - before.dynamo.reads) as f64 / rounds + read_surcharge,
+            write_units: dynamo::write_units(before.dynamo, after.dynamo) as f64 / rounds
+                + write_surcharge,
+            sqs: (sqs.send + sqs.receive) as f64 / rounds,
         },
         gb_seconds: per_function
             .iter()
@@ -203,30 +231,31 @@ pub async fn run(settings: Settings) {
         per_function,
     };
 
-    // Idle waiting peers.
-    let sqs_before = sqs_requests();
-    let idle = dynamo::idle(
-        &store,
-        &polling,
+    // Idle waiting peers: one per instance, as classic Lambda runs them, then all in one
+    // instance, as a Managed Instances environment holds them; fresh deployments, so that
+    // the polls left open by one measurement do not count in the next.
+    let classic = dynamo::idle(
+        &Deployment::start(settings.wakeups).await,
+        settings.idle_peers,
         settings.idle_peers,
         settings.idle_seconds,
         settings.wait,
     )
     .await;
-    let sqs_per_minute = (sqs_requests() - sqs_before) as f64
-        / (settings.idle_peers as f64 * settings.idle_seconds as f64 / 60.0);
-    let hour = PeerHour::from_idle(&idle, sqs_per_minute, &settings);
+    let managed = dynamo::idle(
+        &Deployment::start(settings.wakeups).await,
+        1,
+        settings.idle_peers,
+        settings.idle_seconds,
+        settings.wait,
+    )
+    .await;
+    let hour = PeerHour::from_idle(&classic, &managed, &settings);
 
-    print_report(&settings, &call, &idle, sqs_per_minute, &hour);
+    print_report(&settings, &call, [&classic, &managed], &hour);
 }
 
-fn print_report(
-    settings: &Settings,
-    call: &Call,
-    idle: &Idle,
-    sqs_per_minute: f64,
-    hour: &PeerHour,
-) {
+fn print_report(settings: &Settings, call: &Call, idle: [&Idle; 2], hour: &PeerHour) {
     println!(
         "## Prices ({}, list prices checked {}, on-demand, arm64)\n",
         prices::REGION,
@@ -248,8 +277,11 @@ fn print_report(
     );
 
     println!(
-        "## Measured (DynamoDB on moto, two signalling instances, {} calls, {} idle peers for {} s)\n",
-        settings.rounds, settings.idle_peers, settings.idle_seconds
+        "## Measured (DynamoDB and SQS on moto, wake-ups {}, {} calls, {} idle peers for {} s)\n",
+        if settings.wakeups { "on" } else { "off" },
+        settings.rounds,
+        settings.idle_peers,
+        settings.idle_seconds
     );
     println!(
         "| per call set up (2 peers: join, offer {OFFER_BYTES} B, answer {ANSWER_BYTES} B, 20 candidates each way in 6 batches, leave) | figure |\n|---|---:|"
@@ -268,30 +300,45 @@ fn print_report(
         "| DynamoDB write units (1 KB items, transactions double, SDP surcharge) | {:.1} |",
         call.usage.write_units
     );
-    println!("| SQS requests | {:.1} |", call.usage.sqs);
+    println!(
+        "| SQS requests (sends and receives; a queue is created once per environment) | {:.1} |",
+        call.usage.sqs
+    );
     println!();
     println!(
-        "| per idle waiting peer-minute (wait={} s) | figure |\n|---|---:|",
-        settings.wait
+        "| per idle waiting peer-minute (wait={} s) | one poll per instance (classic Lambda) | {} polls in one instance (Managed Instances) |\n|---|---:|---:|",
+        settings.wait, settings.idle_peers
     );
-    println!("| polls | {:.2} |", idle.polls);
-    println!("| share of the time a poll is held | {:.3} |", idle.held);
-    println!("| DynamoDB reads (read units) | {:.2} |", idle.reads);
+    let row = |name: &str, figure: &dyn Fn(&Idle) -> String| {
+        println!("| {name} | {} | {} |", figure(idle[0]), figure(idle[1]));
+    };
+    row("polls", &|idle| format!("{:.2}", idle.polls));
+    row("share of the time a poll is held", &|idle| {
+        format!("{:.3}", idle.held)
+    });
+    row("DynamoDB reads (read units)", &|idle| {
+        format!("{:.2}", idle.reads)
+    });
+    row("DynamoDB write requests / write units", &|idle| {
+        format!("{:.2} / {:.2}", idle.writes, idle.write_units)
+    });
+    row("SQS requests (of them receives)", &|idle| {
+        format!("{:.2} ({:.2})", idle.sqs, idle.sqs_receives)
+    });
     println!(
-        "| DynamoDB write requests / write units | {:.2} / {:.2} |",
-        idle.writes, idle.write_units
+        "\nManaged Instances: one receive loop per execution environment serves all its polls: {:.1} receives per environment-hour, so {:.3} per peer-hour at {} polls per environment (environments assumed full).",
+        hour.receives_per_environment,
+        hour.receives_per_environment / settings.concurrency,
+        settings.concurrency
     );
-    println!("| SQS requests | {sqs_per_minute:.2} |");
-    if sqs_per_minute == 0.0 {
-        println!(
-            "\n(No SQS wake-up in this build: polls in other processes wake by their store reads.)"
-        );
+    if !settings.wakeups {
+        println!("(Wake-ups off: polls in other instances wake by their store reads.)");
     }
     println!();
 
     let managed_compute = managed_compute_per_peer_hour(settings);
-    let classic_hour = hour.classic_compute() + hour.shared();
-    let managed_hour = managed_compute + hour.shared();
+    let classic_hour = hour.classic_compute() + hour.classic.cost();
+    let managed_hour = managed_compute + hour.managed_requests(settings);
     println!(
         "## Costs\n\nClassic Lambda: poll {} MB, other functions {} MB. Managed Instances: {}, {} concurrent invocations per execution environment, {} environment(s) per instance, at least {} instances (AZ resilience), fee included.\n",
         settings.poll_memory_mb,
@@ -312,11 +359,38 @@ fn print_report(
         money(hour.classic_compute()),
         money(managed_compute)
     );
-    println!(
-        "| $ per waiting peer-hour: requests, HTTP API, DynamoDB, SQS | {} | {} |",
-        money(hour.shared()),
-        money(hour.shared())
+    let parts = |usage: &Usage, receives: f64| {
+        [
+            (
+                "Lambda requests",
+                dollars(usage.requests, &prices::LAMBDA_REQUEST),
+            ),
+            (
+                "HTTP API requests",
+                dollars(usage.requests, &prices::HTTP_API_REQUEST),
+            ),
+            (
+                "DynamoDB reads",
+                dollars(usage.read_units, &prices::DYNAMODB_READ_UNIT),
+            ),
+            (
+                "DynamoDB writes",
+                dollars(usage.write_units, &prices::DYNAMODB_WRITE_UNIT),
+            ),
+            ("SQS", dollars(usage.sqs, &prices::SQS_REQUEST) + receives),
+        ]
+    };
+    let (classic_parts, managed_parts) = (
+        parts(&hour.classic, 0.0),
+        parts(&hour.managed, hour.managed_receives(settings)),
     );
+    for ((name, classic), (_, managed)) in classic_parts.iter().zip(managed_parts.iter()) {
+        println!(
+            "| $ per waiting peer-hour: {name} | {} | {} |",
+            money(*classic),
+            money(*managed)
+        );
+    }
     println!(
         "| $ per waiting peer-hour: total | {} | {} |",
         money(classic_hour),
@@ -324,18 +398,30 @@ fn print_report(
     );
     for peers in [100.0, 1_000.0, 10_000.0] {
         let classic = peers * classic_hour * prices::HOURS_PER_MONTH;
-        let managed = (instances_for(peers, settings) * instance_hour() + peers * hour.shared())
+        let instances = instances_for(peers, settings);
+        // Every running environment's receive loop, full or not.
+        let receives = dollars(
+            instances * settings.environments_per_instance * hour.receives_per_environment,
+            &prices::SQS_REQUEST,
+        );
+        let managed = (instances * instance_hour() + peers * hour.managed.cost() + receives)
             * prices::HOURS_PER_MONTH;
         println!(
-            "| $ per month, {peers:.0} peers waiting around the clock | {} | {} ({:.0} instances) |",
+            "| $ per month, {peers:.0} peers waiting around the clock | {} | {} ({instances:.0} instances) |",
             money(classic),
             money(managed),
-            instances_for(peers, settings)
         );
     }
     let floor = settings.minimum_instances * instance_hour();
-    let break_even =
-        (floor / (hour.classic_compute() - managed_compute).max(f64::MIN_POSITIVE)).ceil();
+    let floor_receives = dollars(
+        settings.minimum_instances
+            * settings.environments_per_instance
+            * hour.receives_per_environment,
+        &prices::SQS_REQUEST,
+    );
+    let break_even = ((floor + floor_receives)
+        / (classic_hour - hour.managed.cost()).max(f64::MIN_POSITIVE))
+    .ceil();
     println!(
         "\nBreak-even: from {break_even:.0} peers waiting around the clock, Managed Instances cost less than classic Lambda (its {} instances cost {} a month however few peers wait).",
         settings.minimum_instances,

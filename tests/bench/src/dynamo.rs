@@ -1,43 +1,23 @@
-//! The DynamoDB store's figures, against the DynamoDB-compatible endpoint of the AWS variables
-//! (run through `tests/with-moto.sh`). Two signalling instances in this process share one
-//! table but not their in-process wake-ups, as two Lambda instances would: a post on one
-//! reaches a poll on the other only through the poll's adaptive reads of the store.
+//! The DynamoDB deployment's figures, against the DynamoDB- and SQS-compatible endpoints of
+//! the AWS variables (run through `tests/with-moto.sh`). Signalling instances share one table
+//! but not their in-process wake-ups, as Lambda execution environments do (see
+//! [`crate::deployment`]): a post on one reaches a poll on another through the SQS wake-up
+//! queue of the poll's instance, or, with wake-ups off, through the poll's fallback reads.
 //!
-//! Reported: delivery latency during an active exchange; DynamoDB requests per delivered
-//! message in a realistic negotiation; and requests per idle waiting peer per minute.
+//! Reported, with wake-ups on and off side by side: delivery latency across instances; the
+//! requests of each kind (DynamoDB reads and writes, SQS sends and receives) per delivered
+//! message in a realistic negotiation; and per idle waiting peer-minute, with one poll per
+//! instance (classic Lambda) and with every poll in one instance (Managed Instances).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use signalpost_shared::config::{Config, Deployment};
-use signalpost_shared::http::{Function, api_router};
-use signalpost_shared::signalling::Signalling;
-use signalpost_shared::store::Store;
-use signalpost_shared::store::dynamo::{DynamoStore, RequestCounts};
+use signalpost_shared::store::dynamo::RequestCounts;
 
+use crate::deployment::{Counts, Deployment};
 use crate::latency::{self, Peer, join};
-
-/// Serves the API over `store` on a free loopback port; returns its base URL.
-async fn instance(store: Arc<dyn Store>) -> String {
-    // One sender posts back to back here: lift the flood limit, as for the standalone bench.
-    let vars = HashMap::from([
-        ("SIGNALPOST_SECRET", "benchmark-secret-of-at-least-32-bytes"),
-        ("SIGNALPOST_RATE_LIMIT", "100000"),
-    ]);
-    let config = Config::from_lookup(Deployment::Lambda, |name| {
-        vars.get(name).map(|value| (*value).to_owned())
-    })
-    .expect("valid configuration");
-    let router = api_router(Arc::new(Signalling::new(config, store)), &Function::ALL);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
-    base
-}
 
 /// HTTP requests a client made, per Lambda function, with the time each took: what API
 /// Gateway bills per request and classic Lambda bills per GB-second.
@@ -84,10 +64,6 @@ fn sdp(bytes: usize) -> String {
 
 fn per(count: u64, messages: usize) -> f64 {
     count as f64 / messages.max(1) as f64
-}
-
-fn since(before: RequestCounts, after: RequestCounts) -> (u64, u64) {
-    (after.reads - before.reads, after.writes - before.writes)
 }
 
 /// One call as the browser client sets it up: two joins; offer, answer (SDPs of browser
@@ -197,24 +173,11 @@ pub const OFFER_BYTES: usize = 4500;
 /// See [`OFFER_BYTES`].
 pub const ANSWER_BYTES: usize = 3500;
 
-/// A fresh table on the endpoint of the AWS variables, and two signalling instances on it:
-/// one takes the posts, the other the polls. Returns the store (for its request counts) and
-/// the two base URLs.
-pub async fn deployment() -> (DynamoStore, String, String) {
-    let table = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let store = DynamoStore::connect(table)
-        .await
-        .expect("DynamoDB endpoint (run through tests/with-moto.sh)");
-    store.create_table().await.expect("table created");
-    let shared: Arc<dyn Store> = Arc::new(store.clone());
-    let posting = instance(Arc::clone(&shared)).await;
-    let polling = instance(shared).await;
-    (store, posting, polling)
-}
-
 /// What idle waiting peers cost, per peer-minute.
 #[derive(Clone, Copy, Debug)]
 pub struct Idle {
+    /// Signalling instances (execution environments) the peers' polls were spread over.
+    pub instances: usize,
     /// Long polls sent.
     pub polls: f64,
     /// Seconds a poll was held open, per second: the share of the time an execution
@@ -225,30 +188,40 @@ pub struct Idle {
     pub reads: f64,
     pub writes: f64,
     pub write_units: f64,
+    /// SQS requests: `ReceiveMessage`, and all of them (creates included).
+    pub sqs_receives: f64,
+    pub sqs: f64,
 }
 
 /// When a poll was sent, and when its answer came (`None` while it is open).
 type PollSpan = (Instant, Option<Instant>);
 
-/// Keeps `peers` idle peers (each alone in its room) long-polling `polling` with `wait`, and
+/// Keeps `peers` idle peers (each alone in its room) long-polling with `wait`, spread over
+/// `instances` instances of `deployment` (fresh ones: 1 is what Managed Instances does, one
+/// environment holding every poll; `peers` is classic Lambda's one poll per environment), and
 /// counts what they cost over `seconds`, after the eager phase that follows a join.
 pub async fn idle(
-    store: &DynamoStore,
-    polling: &str,
+    deployment: &Deployment,
+    instances: usize,
     peers: usize,
     seconds: u64,
     wait: u64,
 ) -> Idle {
+    let mut bases = Vec::with_capacity(instances);
+    for _ in 0..instances.max(1) {
+        bases.push(deployment.instance().await);
+    }
     let http = reqwest::Client::new();
     // (start, end) of every poll sent, so the window can count the polls started in it and
     // the time polls were held in it, including those still open when it closes.
     let polls: Arc<Mutex<Vec<PollSpan>>> = Arc::default();
     let mut pollers = Vec::new();
     for i in 0..peers {
-        let peer = join(&http, polling, &format!("idle-{i}-{}", ulid::Ulid::new())).await;
+        let base = &bases[i % bases.len()];
+        let peer = join(&http, base, &format!("idle-{i}-{}", ulid::Ulid::new())).await;
         let (http, url, polls) = (
             http.clone(),
-            format!("{polling}/v1/rooms/{}/messages", peer.room),
+            format!("{base}/v1/rooms/{}/messages", peer.room),
             Arc::clone(&polls),
         );
         pollers.push(tokio::spawn(async move {
@@ -277,12 +250,13 @@ pub async fn idle(
             }
         }));
     }
-    // Let the first poll's eager phase pass: a fresh join counts as activity.
+    // Let the first poll's eager phase pass: a fresh join counts as activity. The queues are
+    // created meanwhile, once per instance.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let before = store.request_counts();
+    let before = deployment.counts();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let after = store.request_counts();
+    let after = deployment.counts();
     let ended = Instant::now();
     for poller in pollers {
         poller.abort();
@@ -302,12 +276,17 @@ pub async fn idle(
             to.saturating_duration_since(from).as_secs_f64()
         })
         .sum();
+    let sqs = after.sqs.since(before.sqs);
+    let rate = |count: u64| count as f64 / peer_minutes;
     Idle {
+        instances: bases.len(),
         polls: sent as f64 / peer_minutes,
         held: held / (peer_minutes * 60.0),
-        reads: (after.reads - before.reads) as f64 / peer_minutes,
-        writes: (after.writes - before.writes) as f64 / peer_minutes,
-        write_units: write_units(before, after) as f64 / peer_minutes,
+        reads: rate(after.dynamo.reads - before.dynamo.reads),
+        writes: rate(after.dynamo.writes - before.dynamo.writes),
+        write_units: rate(write_units(before.dynamo, after.dynamo)),
+        sqs_receives: rate(sqs.receive),
+        sqs: rate(sqs.total()),
     }
 }
 
@@ -317,45 +296,142 @@ pub fn write_units(before: RequestCounts, after: RequestCounts) -> u64 {
     (after.write_items - before.write_items) + (after.transaction_items - before.transaction_items)
 }
 
-/// Runs the three measurements and prints their table.
-pub async fn run(messages: usize, idle_peers: usize, idle_seconds: u64) {
-    let (store, posting, polling) = deployment().await;
+/// Requests of each kind per delivered message.
+#[derive(Clone, Copy, Debug, Default)]
+struct PerMessage {
+    reads: f64,
+    writes: f64,
+    sends: f64,
+    receives: f64,
+}
 
-    let before = store.request_counts();
-    let figures = latency::run_split(&posting, &polling, 2, messages).await;
-    let (reads, writes) = since(before, store.request_counts());
-    println!(
-        "Active exchange, one message at a time, poller waiting on another instance:\n{figures}"
-    );
-    println!(
-        "requests per delivered message: {:.2} reads, {:.2} writes\n",
-        per(reads, messages),
-        per(writes, messages)
-    );
-
-    let before = store.request_counts();
-    let rounds = 5;
-    let mut delivered = 0;
-    let tally = Tally::default();
-    for _ in 0..rounds {
-        delivered += negotiation(&posting, &polling, &tally).await;
+impl PerMessage {
+    fn between(before: Counts, after: Counts, delivered: usize) -> Self {
+        let sqs = after.sqs.since(before.sqs);
+        Self {
+            reads: per(after.dynamo.reads - before.dynamo.reads, delivered),
+            writes: per(after.dynamo.writes - before.dynamo.writes, delivered),
+            sends: per(sqs.send, delivered),
+            receives: per(sqs.receive, delivered),
+        }
     }
-    let (reads, writes) = since(before, store.request_counts());
+}
+
+/// One deployment's figures: wake-ups on or off.
+struct Measured {
+    latency: latency::Figures,
+    one_at_a_time: PerMessage,
+    negotiation: PerMessage,
+    delivered: usize,
+    idle_classic: Idle,
+    idle_shared: Idle,
+}
+
+const ROUNDS: usize = 5;
+
+/// Each measurement on a deployment of its own, so that polls left open by the one before
+/// (they run to their `wait`) do not count in the next.
+async fn measure(wakeups: bool, messages: usize, idle_peers: usize, idle_seconds: u64) -> Measured {
+    let mode = if wakeups { "on" } else { "off" };
+    eprintln!("wake-ups {mode}: {messages} messages one at a time");
+    let deployment = Deployment::start(wakeups).await;
+    let before = deployment.counts();
+    let latency = latency::run_split(&deployment.posting, &deployment.polling, 2, messages).await;
+    let one_at_a_time = PerMessage::between(before, deployment.counts(), messages);
+
+    eprintln!("wake-ups {mode}: {ROUNDS} negotiations");
+    let deployment = Deployment::start(wakeups).await;
+    let before = deployment.counts();
+    let tally = Tally::default();
+    let mut delivered = 0;
+    for _ in 0..ROUNDS {
+        delivered += negotiation(&deployment.posting, &deployment.polling, &tally).await;
+    }
+    let negotiation = PerMessage::between(before, deployment.counts(), delivered);
+
+    eprintln!("wake-ups {mode}: {idle_peers} idle peers, one per instance, {idle_seconds} s");
+    let deployment = Deployment::start(wakeups).await;
+    let idle_classic = idle(&deployment, idle_peers, idle_peers, idle_seconds, 25).await;
+    eprintln!("wake-ups {mode}: {idle_peers} idle peers on one instance, {idle_seconds} s");
+    let deployment = Deployment::start(wakeups).await;
+    let idle_shared = idle(&deployment, 1, idle_peers, idle_seconds, 25).await;
+    Measured {
+        latency,
+        one_at_a_time,
+        negotiation,
+        delivered,
+        idle_classic,
+        idle_shared,
+    }
+}
+
+/// Measures with SQS wake-ups and without (the fallback reads alone), and prints the figures
+/// side by side.
+pub async fn run(messages: usize, idle_peers: usize, idle_seconds: u64) {
+    let on = measure(true, messages, idle_peers, idle_seconds).await;
+    let off = measure(false, messages, idle_peers, idle_seconds).await;
     println!(
-        "| negotiation (offer, answer, 20 candidates each way in batches) | delivered | reads/message | writes/message |"
+        "| measure | wake-ups on (SQS) | wake-ups off (fallback reads: 50 ms active, 2 s idle) | target |"
     );
     println!("|---|---:|---:|---:|");
-    println!(
-        "| {rounds} rounds, 2 peers, 2 instances, joins and leaves included | {delivered} | {:.2} | {:.2} |\n",
-        per(reads, delivered),
-        per(writes, delivered)
+    let row = |name: &str, figure: &dyn Fn(&Measured) -> String, target: &str| {
+        println!("| {name} | {} | {} | {target} |", figure(&on), figure(&off));
+    };
+    row(
+        "delivery across instances, one message at a time, median / p99 ms",
+        &|m| format!("{:.1} / {:.1}", m.latency.at(0.5), m.latency.at(0.99)),
+        "",
     );
-
-    let idle = idle(&store, &polling, idle_peers, idle_seconds, 25).await;
-    println!("| idle waiting peers | seconds | reads per peer-minute | writes per peer-minute |");
-    println!("|---:|---:|---:|---:|");
-    println!(
-        "| {idle_peers} | {idle_seconds} | {:.1} | {:.1} |",
-        idle.reads, idle.writes
+    let kinds = |p: &PerMessage| {
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2}",
+            p.reads, p.writes, p.sends, p.receives
+        )
+    };
+    row(
+        &format!(
+            "negotiation ({ROUNDS} calls: joins, offer, answer, 20 candidates each way in 6 batches, leaves), per delivered message: DynamoDB reads / writes / SQS sends / receives"
+        ),
+        &|m| kinds(&m.negotiation),
+        "",
     );
+    row(
+        "messages delivered in those negotiations",
+        &|m| m.delivered.to_string(),
+        "",
+    );
+    row(
+        "one message per post and per poll (the latency run), per delivered message: DynamoDB reads / writes / SQS sends / receives",
+        &|m| kinds(&m.one_at_a_time),
+        "",
+    );
+    for (shape, pick) in [
+        (
+            format!(
+                "idle waiting peer, {idle_peers} peers each on its own instance (classic Lambda)"
+            ),
+            (|m: &Measured| m.idle_classic) as fn(&Measured) -> Idle,
+        ),
+        (
+            format!("idle waiting peer, {idle_peers} peers on one instance (Managed Instances)"),
+            |m: &Measured| m.idle_shared,
+        ),
+    ] {
+        row(
+            &format!("{shape}: DynamoDB reads per minute"),
+            &|m| format!("{:.1}", pick(m).reads),
+            "≤ 6",
+        );
+        row(
+            &format!("{shape}: SQS requests per minute (receives)"),
+            &|m| format!("{:.2} ({:.2})", pick(m).sqs, pick(m).sqs_receives),
+            "≤ 4",
+        );
+        row(
+            &format!("{shape}: DynamoDB writes, polls per minute"),
+            &|m| format!("{:.1}, {:.2}", pick(m).writes, pick(m).polls),
+            "",
+        );
+    }
+    println!("\n({idle_seconds} s counted per idle measurement, after 12 s of warm-up.)");
 }

@@ -18,12 +18,17 @@ pub struct Figures {
     samples: Vec<Duration>,
 }
 
+impl Figures {
+    /// The `q` quantile (0.5: the median) in milliseconds.
+    pub fn at(&self, q: f64) -> f64 {
+        let index = ((self.samples.len() as f64 - 1.0) * q).round() as usize;
+        self.samples[index].as_secs_f64() * 1000.0
+    }
+}
+
 impl fmt::Display for Figures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = |q: f64| {
-            let index = ((self.samples.len() as f64 - 1.0) * q).round() as usize;
-            self.samples[index].as_secs_f64() * 1000.0
-        };
+        let at = |q: f64| self.at(q);
         writeln!(
             f,
             "| waiting peers | messages | median ms | p90 ms | p99 ms | max ms |"

@@ -5,6 +5,7 @@
 //! time, and talks to 127.0.0.1 only.
 
 mod cost;
+mod deployment;
 mod dynamo;
 mod latency;
 mod prices;
@@ -38,7 +39,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         messages: usize,
     },
-    /// The DynamoDB store's figures against a local endpoint (run via tests/with-moto.sh).
+    /// The DynamoDB store's figures against local endpoints (run via tests/with-moto.sh): with
+    /// SQS wake-ups between instances and without, side by side.
     Dynamo {
         /// Messages measured one at a time during the active exchange.
         #[arg(long, default_value_t = 200)]
