@@ -11,7 +11,9 @@
 // Environment:
 //   SHAPES   comma-separated, default `standalone-sqlite`; each one also with the suffix
 //            `-nowake` (SIGNALPOST_WAKEUPS=false: wake-ups across processes off):
-//            standalone-sqlite, watch-sqlite, standalone-dynamodb, watch-dynamodb.
+//            standalone-sqlite, watch-sqlite, standalone-dynamodb, watch-dynamodb; a
+//            standalone shape also with `-xorigin`: its pages from another server, as under
+//            watch (cross-origin, so CORS preflights).
 //            `watch-*` runs the five functions under `cargo lambda watch` (on PATH; see
 //            tests/ensure-cargo-lambda.sh); the pages then come from a standalone server and
 //            send the API cross-origin to the watch port. `*-dynamodb` needs the variables
@@ -50,15 +52,22 @@ function createTable(label) {
  * `pageBase` and send the API to `apiBase`.
  */
 async function startShape(shape) {
-  const match = /^(standalone|watch)-(sqlite|dynamodb)(-nowake)?$/.exec(shape);
+  const match = /^(standalone|watch)-(sqlite|dynamodb)(-nowake)?(-xorigin)?$/.exec(shape);
   if (!match) throw new Error(`unknown shape ${shape}`);
-  const [, kind, store, nowake] = match;
+  const [, kind, store, nowake, xorigin] = match;
   const env = {};
   if (nowake) env.SIGNALPOST_WAKEUPS = "false";
   if (store === "dynamodb") env.SIGNALPOST_TABLE = createTable(shape);
-  if (kind === "standalone") {
+  if (kind === "standalone" && !xorigin) {
     const server = await startServer(env);
     return { pageBase: server.url, apiBase: server.url, log: server.log, stop: () => server.stop() };
+  }
+  if (kind === "standalone") {
+    // As under watch: pages from another origin, so every new request URL costs a preflight.
+    const [pages, server] = await Promise.all([startServer(), startServer(env)]);
+    return {
+      pageBase: pages.url, apiBase: server.url, log: server.log, stop: () => Promise.all([pages.stop(), server.stop()]),
+    };
   }
   // The page host is a standalone server on SQLite of its own; the call never touches it.
   const [pages, watch] = await Promise.all([startServer(), startWatch(env)]);
@@ -115,6 +124,26 @@ function printTrace(trace) {
   }
 }
 
+/**
+ * From one call's trace: how long the caller's join and each post took (the request itself),
+ * and how late the offer and the answer reached the other side's waiting poll after their
+ * post's `202` (the delivery, wake-up included).
+ */
+function breakdown(trace) {
+  const sent = (who, type) => trace.find((r) => r.who === who && r.method === "POST" && r.types?.includes(type));
+  const got = (who, type) => trace.find((r) => r.who === who && r.method === "GET" && r.types?.includes(type));
+  const posts = trace.filter((r) => r.method === "POST" && r.path.endsWith("/messages"));
+  const join = trace.find((r) => r.who === "caller" && r.method === "POST" && r.path.endsWith("/peers"));
+  const [offer, answer] = [sent("caller", "offer"), sent("callee", "answer")];
+  const [offerIn, answerIn] = [got("callee", "offer"), got("caller", "answer")];
+  return {
+    "join request": join ? join.end - join.start : NaN,
+    "post request": stats(posts.map((r) => r.end - r.start)).median,
+    "offer 202 → callee's poll": offer && offerIn ? offerIn.end - offer.end : NaN,
+    "answer 202 → caller's poll": answer && answerIn ? answerIn.end - answer.end : NaN,
+  };
+}
+
 const stats = (values) => {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
@@ -130,16 +159,22 @@ try {
     const started = await startShape(shape);
     try {
       const times = [];
+      const parts = {};
       for (let run = 1 - WARMUP; run <= RUNS; run++) {
         const call = await oneCall(browser, started);
         const label = run < 1 ? "warm-up" : `run ${String(run).padStart(2)}`;
         console.log(`  ${label}: ${call.ms.toFixed(0)} ms (caller ${call.caller.toFixed(0)}, callee ${call.callee.toFixed(0)})`);
         if (TRACE) printTrace(call.trace);
-        if (run >= 1) times.push(call.ms);
+        if (run >= 1) {
+          times.push(call.ms);
+          for (const [name, value] of Object.entries(breakdown(call.trace))) (parts[name] ??= []).push(value);
+        }
       }
       const s = stats(times);
       results.push({ shape, ...s });
       console.log(`  ${shape}: median ${s.median.toFixed(0)} ms, min ${s.min.toFixed(0)}, max ${s.max.toFixed(0)} (n=${s.n})`);
+      console.log(`  where the time goes (medians, ms): ${Object.entries(parts)
+        .map(([name, values]) => `${name} ${stats(values.filter(Number.isFinite)).median?.toFixed(0)}`).join(", ")}`);
     } catch (err) {
       console.error(`${shape} failed; the end of its log:\n${started.log().slice(-6000)}`);
       throw err;
@@ -155,7 +190,7 @@ console.log(`\njoin → both connected, callee alone ${ALONE_MS / 1000} s, ${RUN
 console.log("| shape | median ms | min ms | max ms | median / standalone on that store |");
 console.log("|---|---:|---:|---:|---:|");
 for (const r of results) {
-  const base = results.find((b) => b.shape === r.shape.replace(/^watch-/, "standalone-").replace(/-nowake$/, ""));
+  const base = results.find((b) => b.shape === r.shape.replace(/^watch-/, "standalone-").replace(/(-nowake)?(-xorigin)?$/, ""));
   const ratio = base ? `${(r.median / base.median).toFixed(2)}×` : "";
   console.log(`| ${r.shape} | ${r.median.toFixed(0)} | ${r.min.toFixed(0)} | ${r.max.toFixed(0)} | ${ratio} |`);
 }
