@@ -23,10 +23,18 @@ export function launchBrowser(extraArgs = []) {
 /**
  * A page at `${base}/__e2e__.html` (served by page.route, so it shares the server's origin
  * without the server knowing about it) with the client library loaded as `window.sp`.
+ * `served`: load the server's own demo page instead (without `?room=` it joins nothing). A
+ * page fulfilled by page.route has no address, so Chromium's Local Network Access refuses
+ * its cross-origin requests to loopback; a served one may call another loopback port.
  */
-export async function libraryPage(context, base) {
+export async function libraryPage(context, base, { served = false } = {}) {
   const page = await context.newPage();
   page.on("pageerror", (err) => console.error(`[page error] ${err.message}`));
+  if (served) {
+    await page.goto(`${base}/`);
+    await page.evaluate(async () => { window.sp = await import("/signalpost.js"); });
+    return page;
+  }
   await page.route(`${base}/__e2e__.html`, (route) => route.fulfill({
     contentType: "text/html",
     body: `<!doctype html><meta charset="utf-8"><title>e2e</title>
@@ -49,16 +57,38 @@ export async function waitForDemoPeers(page, n, timeout = 30_000) {
  * On a libraryPage: camera + microphone (fake devices), join `room`, start a PeerMesh and
  * record what happens in `window.e2e` (link states, remote track kinds, data channel
  * messages; "ping:x" is answered with "pong:x"). Resolves with this page's peer id.
+ * `trace`: also list every request the channel makes in `window.e2e.requests`
+ * (`{method, path, start, end, status, types}`, epoch milliseconds; `types`: the message
+ * types a post sent or a poll received).
  */
-export function startLibraryCall(page, base, room, { name = "e2e", autoConnect = true } = {}) {
-  return page.evaluate(async ({ base, room, name, autoConnect }) => {
+export function startLibraryCall(page, base, room, { name = "e2e", autoConnect = true, trace = false } = {}) {
+  return page.evaluate(async ({ base, room, name, autoConnect, trace }) => {
     const { SignalingChannel, PeerMesh } = window.sp;
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
     const now = () => performance.timeOrigin + performance.now(); // comparable across pages
+    const requests = [];
+    const traced = async (input, init = {}) => {
+      const entry = { method: init.method ?? "GET", path: new URL(String(input)).pathname, start: now() };
+      // What a post sends and a poll receives, by message type ("offer", "candidate"...).
+      const types = (body) => [body].flat().flatMap((b) => b?.messages ?? [b]).map((m) => m?.type).filter(Boolean);
+      if (typeof init.body === "string") entry.types = types(JSON.parse(init.body));
+      requests.push(entry);
+      try {
+        const response = await window.fetch(input, init);
+        entry.end = now();
+        entry.status = response.status;
+        if (entry.method === "GET" && response.ok) {
+          entry.types = types(await response.clone().json().catch(() => null));
+        }
+        return response;
+      } finally {
+        entry.end ??= now();
+      }
+    };
     const joinStartedAt = now();
-    const channel = await SignalingChannel.join(base, room, { name });
+    const channel = await SignalingChannel.join(base, room, { name, ...(trace ? { fetch: traced } : {}) });
     const mesh = new PeerMesh(channel, { localStream: stream, autoConnect });
-    const e2e = { channel, mesh, states: {}, tracks: {}, received: [], errors: [], joinStartedAt, connectedAt: {} };
+    const e2e = { channel, mesh, states: {}, tracks: {}, received: [], errors: [], joinStartedAt, connectedAt: {}, requests };
     window.e2e = e2e;
     mesh.addEventListener("link", ({ detail: link }) => {
       link.addEventListener("error", ({ detail }) => e2e.errors.push(String(detail)));
@@ -79,7 +109,7 @@ export function startLibraryCall(page, base, room, { name = "e2e", autoConnect =
       (e2e.tracks[detail.link.peer] ??= []).push(detail.track.kind);
     });
     return channel.peer;
-  }, { base, room, name, autoConnect });
+  }, { base, room, name, autoConnect, trace });
 }
 
 /** Wait until this library page's link toward `remotePeer` is `connected`. */

@@ -11,7 +11,8 @@ import { fileURLToPath } from "node:url";
 export const WEB_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../web");
 const READY_TIMEOUT_MS = 20_000;
 
-function freePort() {
+/** A free loopback TCP port (the probe closes before the caller binds it). */
+export function freePort() {
   return new Promise((resolve, reject) => {
     const probe = createServer();
     probe.once("error", reject);
