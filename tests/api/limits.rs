@@ -80,8 +80,13 @@ async fn call(request: reqwest::RequestBuilder) -> Value {
 #[tokio::test]
 async fn a_poll_response_has_a_byte_budget_and_the_rest_follows() {
     // KNOWN DEFECT, open in issue 15: under `cargo lambda watch` the first poll of this inbox
-    // (100 offers of 32 KiB waiting) answers 500, cause not yet found. Skipped there, not
-    // fixed; the standalone server is checked here.
+    // (100 offers of 32 KiB waiting) has answered 500, cause not yet found. Skipped there, not
+    // fixed; the standalone server is checked here. Run under watch on SQLite on 2026-12-04:
+    // one run failed (message lost to a truncated log), the next passed (465 s on the loaded
+    // machine), so the failure is intermittent. The watch log of the passing run held one
+    // "Lambda Runtime API returned non-200 response status=500" from a function's runtime
+    // client (cargo-lambda answers 500 when the invocation's caller has gone). The status
+    // assertion below now prints the response body, so the next failure names its source.
     if standalone_only("a full inbox of 32 KiB offers: the poll answers 500 under watch (issue 15)")
     {
         return;
@@ -101,8 +106,14 @@ async fn a_poll_response_has_a_byte_budget_and_the_rest_follows() {
                 reader.cursor.as_deref().expect("a cursor")
             ))
             .await;
-        assert_eq!(response.status(), 200);
+        let status = response.status();
         let body = response.bytes().await.expect("body");
+        assert_eq!(
+            status,
+            200,
+            "poll {polls} after {received} messages: {}",
+            String::from_utf8_lossy(&body)
+        );
         assert!(
             body.len() <= 256 * 1024 + 64 * 1024,
             "one poll response is {} bytes",
