@@ -349,10 +349,7 @@ async fn idle_poll_reads(beside_another: bool) -> u64 {
         adapter,
     );
     let room = RoomId::parse("idle").expect("valid");
-    let joined = signalling
-        .join(room, None, None, None)
-        .await
-        .expect("joins");
+    let joined = signalling.join(room, None, None).await.expect("joins");
     let grant = signalling
         .verify_peer_token(&joined.token)
         .expect("its own token");
