@@ -79,13 +79,25 @@ fn dynamodb_table() -> Option<String> {
         return None;
     }
     let table = format!("blackbox-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_signalpost"));
-    remove_signalpost_variables(&mut command);
-    let output = command
-        .arg("create-table")
-        .env("SIGNALPOST_TABLE", &table)
-        .output()
-        .expect("signalpost create-table runs");
+    // moto answers one request at a time, and the suite's tests start servers in parallel:
+    // on a busy machine a create-table can outlast the store's 3 s operation timeout. That is
+    // the transient "unavailable" answer, so try again (a few times, then fail loudly).
+    let mut output;
+    let mut attempts = 0;
+    loop {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signalpost"));
+        remove_signalpost_variables(&mut command);
+        output = command
+            .arg("create-table")
+            .env("SIGNALPOST_TABLE", &table)
+            .output()
+            .expect("signalpost create-table runs");
+        attempts += 1;
+        let transient = String::from_utf8_lossy(&output.stderr).contains("unavailable");
+        if output.status.success() || !transient || attempts == 3 {
+            break;
+        }
+    }
     assert!(
         output.status.success(),
         "create-table failed (run the suite through tests/with-moto.sh): {}",
