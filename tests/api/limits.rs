@@ -420,9 +420,8 @@ async fn behind_a_proxy_joins_are_limited_per_forwarded_address() {
 
 /// An HTTP client whose connections come from the loopback address `127.0.0.<host>`.
 fn http_from(host: u8) -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::support::http_builder()
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
-        .timeout(Duration::from_secs(40))
         .build()
         .expect("HTTP client")
 }

@@ -479,13 +479,18 @@ pub fn standalone_only(what: &str) -> bool {
 /// An HTTP client with a timeout longer than any long poll; under `SIGNALPOST_TEST_TLS=1`
 /// it trusts the test servers' certificate and speaks HTTP/2 to them.
 pub fn http() -> reqwest::Client {
+    http_builder().build().expect("HTTP client")
+}
+
+/// The test client's builder: a 40 s timeout and, over HTTPS, trust in the suite's
+/// certificate. Tests that need more (a local address) add it here rather than start over.
+pub fn http_builder() -> reqwest::ClientBuilder {
     let builder = reqwest::Client::builder().timeout(Duration::from_secs(40));
-    let builder = if tls_enabled() {
+    if tls_enabled() {
         builder.use_preconfigured_tls((*tls_client_config(&[b"h2", b"http/1.1"])).clone())
     } else {
         builder
-    };
-    builder.build().expect("HTTP client")
+    }
 }
 
 /// A room name no other test uses.
