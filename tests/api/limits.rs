@@ -275,6 +275,7 @@ async fn join_leave_cycling_is_limited_per_room() {
     let url = server.url(&format!("/v1/rooms/{room}/peers"));
     let mut accepted_posts = 0;
     let mut refused = None;
+    let started = Instant::now();
     for _ in 0..30 {
         let response = client
             .post(&url)
@@ -319,10 +320,14 @@ async fn join_leave_cycling_is_limited_per_room() {
         "{problem}"
     );
     // A room of 2 admits 4 joins at once (the victim's among them), and each rejoin continues
-    // the count of the member that left: one post budget in all.
+    // the count of the member that left: one post budget per 10 s window in all. A fast run
+    // (standalone) stays in one window; a slow one (under watch on a busy machine, where 100
+    // posts can outlast a window) has earned one more budget per window it spanned, as the
+    // flood limit allows any peer.
+    let windows = started.elapsed().as_secs() / 10 + 1;
     assert!(
-        accepted_posts <= 100,
-        "rejoining handed out {accepted_posts} posts"
+        accepted_posts <= 100 * windows,
+        "rejoining handed out {accepted_posts} posts in {windows} window(s) of 10 s"
     );
     // The victim, and later joins, are not locked out of other rooms.
     join(&server, &crate::support::room(), "elsewhere").await;
