@@ -376,7 +376,16 @@ pub struct Delivered<'a> {
     sent_at: String,
 }
 
+/// What a message costs in a poll response besides its data: ids, type, time, JSON syntax.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 256;
+
 impl StoredMessage {
+    /// What this message adds to a poll response, counted against a read's byte budget
+    /// ([`crate::store::ReadLimit`]): its data plus [`MESSAGE_OVERHEAD_BYTES`].
+    pub fn poll_cost(&self) -> usize {
+        self.data.len() + MESSAGE_OVERHEAD_BYTES
+    }
+
     /// The wire form; `data` was validated JSON when stored, so it is emitted as is.
     pub fn delivered(&self) -> Result<Delivered<'_>, serde_json::Error> {
         Ok(Delivered {

@@ -22,19 +22,25 @@ use crate::message::{Outgoing, StoredMessage};
 use crate::metrics;
 use crate::poll_slots::PollSlots;
 use crate::store::metered::Metered;
-use crate::store::{Departures, Doorbell, JoinRequest, PostRequest, RateLimit, Store, Timing};
+use crate::store::{
+    Departures, Doorbell, JoinRequest, PostRequest, RateLimit, ReadLimit, Store, Timing,
+};
 use crate::token::{PeerGrant, TokenError, TokenKeys};
 use crate::wakeup::{self, InProcess, PollSchedule, SweepSchedule, Wakeup, Wakeups};
 
 /// Most messages one poll returns.
 pub const MAX_MESSAGES_PER_POLL: usize = 100;
-/// Most bytes of message data (plus a fixed allowance per message for its other fields) one
-/// poll returns, unless its first message alone is larger: the rest comes with the next poll.
-/// 100 messages of 32 KiB would otherwise make one response over 3 MB, which a client that
-/// never reads leaves in the server's memory.
+/// Most bytes of message data (plus a fixed allowance per message for its other fields,
+/// [`StoredMessage::poll_cost`]) one poll returns, unless its first message alone is larger:
+/// the rest comes with the next poll. 100 messages of 32 KiB would otherwise make one
+/// response over 3 MB, which a client that never reads leaves in the server's memory. The
+/// store's read stops at it too ([`ReadLimit`]), so a poll reads no more than it sends.
 pub const MAX_POLL_BYTES: usize = 256 * 1024;
-/// What a message costs in a poll response besides its data: ids, type, time, JSON syntax.
-const MESSAGE_OVERHEAD_BYTES: usize = 256;
+/// What one poll may read and return.
+pub const POLL_READ_LIMIT: ReadLimit = ReadLimit {
+    messages: MAX_MESSAGES_PER_POLL,
+    bytes: MAX_POLL_BYTES,
+};
 /// The shortest time between two sweeps of one room for peers that stopped polling, by the
 /// polls of one process. A sweep also says when the next one is due: when the first
 /// remaining member could time out.
@@ -361,11 +367,10 @@ impl Signalling {
             }
             let now = Instant::now();
             if now >= next_read {
-                let mut read = self
+                let read = self
                     .store
-                    .read(room, peer, after_seq, MAX_MESSAGES_PER_POLL, now_millis())
+                    .read(room, peer, after_seq, POLL_READ_LIMIT, now_millis())
                     .await?;
-                keep_within_budget(&mut read.messages, MAX_POLL_BYTES);
                 if let Some(last) = read.messages.last() {
                     if fallback {
                         metrics::wakeup_missed();
@@ -374,8 +379,8 @@ impl Signalling {
                         read.messages.iter().map(|message| message.sent_at),
                         now_millis(),
                     );
-                    // The last message kept, not `read.through`: the byte budget may have
-                    // left some for the next poll.
+                    // The last message returned: `read.through` may lie past it, over
+                    // numbers that expired unread, which a cursor need not name.
                     let cursor = Cursor {
                         seq: last.seq,
                         activity: last.sent_at,
@@ -554,19 +559,6 @@ impl Signalling {
             );
         }
     }
-}
-
-/// Drops the messages after the first that would take a poll response over `budget` bytes.
-fn keep_within_budget(messages: &mut Vec<StoredMessage>, budget: usize) {
-    let mut used = 0;
-    let keep = messages
-        .iter()
-        .position(|message| {
-            used += message.data.len() + MESSAGE_OVERHEAD_BYTES;
-            used > budget
-        })
-        .map_or(messages.len(), |over| over.max(1));
-    messages.truncate(keep);
 }
 
 fn seconds_to_millis(seconds: u64) -> Millis {

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use signalpost_shared::clock::Millis;
 use signalpost_shared::ids::{PeerId, RoomId};
 use signalpost_shared::store::{
-    Departures, Doorbell, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, Seq,
-    Store, StoreError, Timing,
+    Departures, Doorbell, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, ReadLimit,
+    Seq, Store, StoreError, Timing,
 };
 use signalpost_shared::wakeup::{Listening, Wakeup};
 
@@ -110,7 +110,7 @@ impl Store for FaultyStore {
         room: &RoomId,
         peer: &PeerId,
         after: Seq,
-        limit: usize,
+        limit: ReadLimit,
         now: Millis,
     ) -> Result<InboxRead, StoreError> {
         self.reads.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use super::*;
 use crate::config::Deployment;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{InboxRead, Joined as StoreJoined, Posted, Presence, Seq, StoreError};
+use crate::store::{
+    InboxRead, Joined as StoreJoined, Posted, Presence, ReadLimit, Seq, StoreError,
+};
 
 /// The SQLite store, counting inbox reads.
 struct CountingStore {
@@ -43,7 +45,7 @@ impl Store for CountingStore {
         room: &RoomId,
         peer: &PeerId,
         after: Seq,
-        limit: usize,
+        limit: ReadLimit,
         now: Millis,
     ) -> Result<InboxRead, StoreError> {
         self.reads.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{JoinRequest, PostRequest, Posted, RateLimit, Store, StoreError, Timing};
+use super::{JoinRequest, PostRequest, Posted, RateLimit, ReadLimit, Store, StoreError, Timing};
 use crate::clock::now_millis;
 use crate::ids::{ClientMessageId, MessageId, PeerId, RoomId};
 use crate::limits::RoomJoinRate;
@@ -30,6 +30,7 @@ macro_rules! store_conformance_tests {
             repeats_at_the_flood_limit_get_their_first_ids_and_do_not_count,
             a_retried_post_of_repeats_is_not_counted_again,
             reads_replay_from_any_cursor,
+            a_read_stops_at_its_byte_budget,
             expired_messages_are_never_read,
             touch_reports_head_and_acknowledgements_free_the_inbox,
             sweep_removes_silent_peers_and_tells_the_rest,
@@ -151,7 +152,7 @@ pub async fn post_one(
 
 async fn read_all(store: &dyn Store, room: &RoomId, peer: &PeerId) -> Vec<StoredMessage> {
     store
-        .read(room, peer, 0, 1000, timing(0).now)
+        .read(room, peer, 0, ReadLimit::messages(1000), timing(0).now)
         .await
         .expect("read succeeds")
         .messages
@@ -535,31 +536,99 @@ pub async fn reads_replay_from_any_cursor(store: Arc<dyn Store>) {
     }
     let now = timing(0).now;
     let first = store
-        .read(&room, &bob, 0, 2, now)
+        .read(&room, &bob, 0, ReadLimit::messages(2), now)
         .await
         .expect("read")
         .messages;
     assert_eq!(texts(&first, MessageKind::Message), ["m0", "m1"]);
     let again = store
-        .read(&room, &bob, 0, 2, now)
+        .read(&room, &bob, 0, ReadLimit::messages(2), now)
         .await
         .expect("read")
         .messages;
     assert_eq!(first, again, "reads do not consume");
     let rest = store
-        .read(&room, &bob, first[1].seq, 100, now)
+        .read(&room, &bob, first[1].seq, ReadLimit::messages(100), now)
         .await
         .expect("read")
         .messages;
     assert_eq!(texts(&rest, MessageKind::Message), ["m2", "m3", "m4"]);
     assert!(
         store
-            .read(&room, &bob, rest[2].seq, 100, now)
+            .read(&room, &bob, rest[2].seq, ReadLimit::messages(100), now)
             .await
             .expect("read")
             .messages
             .is_empty()
     );
+}
+
+/// A read returns no more than its byte budget admits (the first message always), and reading
+/// on from its last message returns every message once, in order, cut anywhere: between posts
+/// or inside one post's batch (one item on DynamoDB).
+pub async fn a_read_stops_at_its_byte_budget(store: Arc<dyn Store>) {
+    let room = unique_room("budget");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let text = |i: usize| format!("{i:02}{}", "x".repeat(10_000));
+    for i in 0..4 {
+        post_one(&*store, &room, &alice, Some(&bob), &text(i)).await;
+    }
+    let batch = (4..8)
+        .map(|i| app_message(Some(&bob), &text(i), None))
+        .collect();
+    store
+        .post(post_request(&room, &alice, batch))
+        .await
+        .expect("post succeeds");
+    for i in 8..10 {
+        post_one(&*store, &room, &alice, Some(&bob), &text(i)).await;
+    }
+    let all = read_all(&*store, &room, &bob).await;
+    assert_eq!(all.len(), 10);
+    let cost = all[0].poll_cost();
+    let now = timing(0).now;
+    // Room for three messages and half of a fourth.
+    let budget = ReadLimit {
+        messages: 100,
+        bytes: 3 * cost + cost / 2,
+    };
+    let first = store.read(&room, &bob, 0, budget, now).await.expect("read");
+    assert_eq!(first.messages, all[..3], "a read stops at its byte budget");
+    assert_eq!(
+        first.through, all[2].seq,
+        "a read cut by its budget moves a cursor no further than its last message"
+    );
+    let mut received = first.messages;
+    for _ in 0..10 {
+        let cursor = received.last().expect("some").seq;
+        let next = store
+            .read(&room, &bob, cursor, budget, now)
+            .await
+            .expect("read");
+        if next.messages.is_empty() {
+            break;
+        }
+        assert!(next.messages.len() <= 3, "{} messages", next.messages.len());
+        received.extend(next.messages);
+    }
+    assert_eq!(received, all, "every message once, in order");
+    // A message larger than the whole budget still comes, alone.
+    let small = ReadLimit {
+        messages: 100,
+        bytes: cost / 2,
+    };
+    let alone = store.read(&room, &bob, 0, small, now).await.expect("read");
+    assert_eq!(alone.messages, all[..1]);
+    assert_eq!(alone.through, all[0].seq);
+    // The count limit still holds within a budget.
+    let two = ReadLimit {
+        messages: 2,
+        bytes: 100 * cost,
+    };
+    let counted = store.read(&room, &bob, 0, two, now).await.expect("read");
+    assert_eq!(counted.messages, all[..2]);
 }
 
 pub async fn expired_messages_are_never_read(store: Arc<dyn Store>) {
@@ -572,7 +641,10 @@ pub async fn expired_messages_are_never_read(store: Arc<dyn Store>) {
     store.post(short_lived).await.expect("post succeeds");
     post_one(&*store, &room, &alice, Some(&bob), "long").await;
     let later = timing(2_000).now;
-    let held = store.read(&room, &bob, 0, 100, later).await.expect("read");
+    let held = store
+        .read(&room, &bob, 0, ReadLimit::messages(100), later)
+        .await
+        .expect("read");
     assert_eq!(texts(&held.messages, MessageKind::Message), ["long"]);
 }
 
@@ -944,7 +1016,13 @@ pub async fn expired_unread_messages_free_the_inbox(store: Arc<dyn Store>) {
         .expect("expired messages no longer fill the inbox");
 
     let read = store
-        .read(&room, &bob, head, 100, start.now + 2_000)
+        .read(
+            &room,
+            &bob,
+            head,
+            ReadLimit::messages(100),
+            start.now + 2_000,
+        )
         .await
         .expect("read");
     assert_eq!(
@@ -952,12 +1030,18 @@ pub async fn expired_unread_messages_free_the_inbox(store: Arc<dyn Store>) {
         ["after expiry"]
     );
     let capped = store
-        .read(&room, &bob, head, 2, start.now + 2_000)
+        .read(&room, &bob, head, ReadLimit::messages(2), start.now + 2_000)
         .await
         .expect("read");
     assert_eq!(capped.messages.len(), 1, "the live one, after the expired");
     let past = store
-        .read(&room, &bob, read.through, 100, start.now + 2_000)
+        .read(
+            &room,
+            &bob,
+            read.through,
+            ReadLimit::messages(100),
+            start.now + 2_000,
+        )
         .await
         .expect("read");
     assert!(past.messages.is_empty());
@@ -972,7 +1056,13 @@ pub async fn expired_unread_messages_free_the_inbox(store: Arc<dyn Store>) {
             .expect("inbox has room");
     }
     let skipped = store
-        .read(&room, &bob, read.through, 100, start.now + 5_000)
+        .read(
+            &room,
+            &bob,
+            read.through,
+            ReadLimit::messages(100),
+            start.now + 5_000,
+        )
         .await
         .expect("read");
     assert!(skipped.messages.is_empty());

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, Seq, Store,
-    StoreError, Timing,
+    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, ReadLimit, Seq,
+    Store, StoreError, Timing,
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
@@ -84,7 +84,7 @@ impl Store for Metered {
         room: &RoomId,
         peer: &PeerId,
         after: Seq,
-        limit: usize,
+        limit: ReadLimit,
         now: Millis,
     ) -> Result<InboxRead, StoreError> {
         counted("read", self.0.read(room, peer, after, limit, now).await)

@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::limits::RoomJoinRate;
-use crate::message::{Outgoing, StoredMessage};
+use crate::message::{MESSAGE_OVERHEAD_BYTES, Outgoing, StoredMessage};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -194,6 +194,88 @@ pub struct InboxRead {
     pub through: Seq,
 }
 
+/// How much one read of an inbox may return: at most `messages` messages, of at most `bytes`
+/// of poll response in all ([`StoredMessage::poll_cost`]), except that the first message is
+/// always returned, however large. A store stops reading once either is reached, so a poll's
+/// byte budget bounds what it reads from the store, not only what it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl ReadLimit {
+    /// A limit on the number of messages only.
+    pub const fn messages(messages: usize) -> Self {
+        Self {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// The messages a read collects, in inbox order, within its [`ReadLimit`]: the one place a
+/// read's budget is counted, for every store.
+#[derive(Debug)]
+pub struct Collected {
+    limit: ReadLimit,
+    messages: Vec<StoredMessage>,
+    bytes: usize,
+}
+
+impl Collected {
+    pub fn new(limit: ReadLimit) -> Self {
+        Self {
+            limit,
+            messages: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes the next message of the inbox if it fits (the first always does). `false`: it
+    /// does not, and the read ends before it, which the next read then starts with.
+    pub fn take(&mut self, message: StoredMessage) -> bool {
+        let bytes = self.bytes.saturating_add(message.poll_cost());
+        if self.is_full() || (!self.messages.is_empty() && bytes > self.limit.bytes) {
+            return false;
+        }
+        self.bytes = bytes;
+        self.messages.push(message);
+        true
+    }
+
+    /// Whether no further message could fit: the count is reached, or too few bytes are left
+    /// for even the smallest message.
+    pub fn is_full(&self) -> bool {
+        self.messages.len() >= self.limit.messages
+            || (!self.messages.is_empty()
+                && self.bytes.saturating_add(MESSAGE_OVERHEAD_BYTES) >= self.limit.bytes)
+    }
+
+    /// The bytes of the budget still free.
+    pub fn bytes_left(&self) -> usize {
+        self.limit.bytes.saturating_sub(self.bytes)
+    }
+
+    /// The messages the limit still admits by count.
+    pub fn messages_left(&self) -> usize {
+        self.limit.messages.saturating_sub(self.messages.len())
+    }
+
+    /// The average cost of the messages taken so far, if any.
+    pub fn average_cost(&self) -> Option<usize> {
+        self.bytes.checked_div(self.messages.len())
+    }
+
+    pub fn messages(&self) -> &[StoredMessage] {
+        &self.messages
+    }
+
+    pub fn into_messages(self) -> Vec<StoredMessage> {
+        self.messages
+    }
+}
+
 /// Peers removed from a room and the members told about it with `peer-left`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Departures {
@@ -273,14 +355,15 @@ pub trait Store: Send + Sync + 'static {
         waits_at: Option<&str>,
     ) -> Result<Presence, StoreError>;
 
-    /// Up to `limit` unexpired messages of `peer`'s inbox after `after`, in order, without
-    /// gaps, and how far a cursor may skip when none are left.
+    /// The unexpired messages of `peer`'s inbox after `after` that `limit` admits, in order,
+    /// without gaps, and how far a cursor may skip when none are left. A read stops reading
+    /// the store once its limit is reached.
     async fn read(
         &self,
         room: &RoomId,
         peer: &PeerId,
         after: Seq,
-        limit: usize,
+        limit: ReadLimit,
         now: Millis,
     ) -> Result<InboxRead, StoreError>;
 

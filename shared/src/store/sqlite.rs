@@ -29,9 +29,9 @@ use rusqlite::{
 
 pub use self::schema::SCHEMA_VERSION;
 use super::{
-    Departures, Doorbell, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted, Presence,
-    Seq, SpentPosts, Store, StoreError, Timing, distinct_recipients, fits_in_inbox,
-    resolve_recipients,
+    Collected, Departures, Doorbell, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted,
+    Presence, ReadLimit, Seq, SpentPosts, Store, StoreError, Timing, distinct_recipients,
+    fits_in_inbox, resolve_recipients,
 };
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
@@ -619,13 +619,15 @@ fn post(transaction: &Transaction<'_>, request: PostRequest) -> Result<Posted, S
     })
 }
 
-/// Reads `peer`'s inbox after `after` in one snapshot: its head and its unexpired messages.
+/// Reads `peer`'s inbox after `after` in one snapshot: its head and the unexpired messages
+/// `limit` admits. Rows are stepped one at a time, so a read cut short by the limit reads no
+/// further row than the one that did not fit.
 fn read_inbox(
     transaction: &Transaction<'_>,
     room: &RoomId,
     peer: &PeerId,
     after: Seq,
-    limit: usize,
+    limit: ReadLimit,
     now: Millis,
 ) -> Result<InboxRead, StoreError> {
     let after_number = i64::try_from(after).unwrap_or(i64::MAX);
@@ -642,54 +644,63 @@ fn read_inbox(
              ORDER BY seq LIMIT ?5",
         )
         .map_err(store_error)?;
-    let rows = statement
-        .query_map(
-            params![
-                room.as_str(),
-                peer.as_str(),
-                after_number,
-                now,
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, i64>(5)?,
-                ))
-            },
-        )
+    let mut rows = statement
+        .query(params![
+            room.as_str(),
+            peer.as_str(),
+            after_number,
+            now,
+            i64::try_from(limit.messages).unwrap_or(i64::MAX)
+        ])
         .map_err(store_error)?;
-    let messages = rows
-        .map(|row| {
-            let (seq, id, sender, kind, data, sent_at) = row.map_err(store_error)?;
-            Ok(StoredMessage {
-                seq: Seq::try_from(seq)
-                    .map_err(|_| StoreError::Corrupt(format!("sequence {seq}")))?,
-                id: parse_id(MessageId::parse, &id)?,
-                from: parse_id(PeerId::parse, &sender)?,
-                to: peer.clone(),
-                kind: MessageKind::parse(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
-                data,
-                sent_at,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let last_read = messages.last().map_or(after, |message| message.seq);
-    // Positions commit in order under the write lock, so when the read stopped short of its
-    // limit every number up to the head it saw is read or expired.
-    let through = if messages.len() < limit {
+    let mut collected = Collected::new(limit);
+    // Whether the limit ended the read rather than the inbox.
+    let mut cut = false;
+    loop {
+        // Checked before stepping, so a full read steps no further row.
+        if collected.is_full() {
+            cut = true;
+            break;
+        }
+        let Some(row) = rows.next().map_err(store_error)? else {
+            break;
+        };
+        let seq: i64 = row.get(0).map_err(store_error)?;
+        let id: String = row.get(1).map_err(store_error)?;
+        let sender: String = row.get(2).map_err(store_error)?;
+        let kind: String = row.get(3).map_err(store_error)?;
+        let message = StoredMessage {
+            seq: Seq::try_from(seq).map_err(|_| StoreError::Corrupt(format!("sequence {seq}")))?,
+            id: parse_id(MessageId::parse, &id)?,
+            from: parse_id(PeerId::parse, &sender)?,
+            to: peer.clone(),
+            kind: MessageKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+            data: row.get(4).map_err(store_error)?,
+            sent_at: row.get(5).map_err(store_error)?,
+        };
+        if !collected.take(message) {
+            cut = true;
+            break;
+        }
+    }
+    let last_read = collected
+        .messages()
+        .last()
+        .map_or(after, |message| message.seq);
+    // Positions commit in order under the write lock, so when the read ended with the inbox
+    // rather than its limit every number up to the head it saw is read or expired.
+    let through = if cut {
+        last_read
+    } else {
         head.and_then(|head| Seq::try_from(head).ok())
             .unwrap_or(0)
             .max(last_read)
-    } else {
-        last_read
     };
-    Ok(InboxRead { messages, through })
+    Ok(InboxRead {
+        messages: collected.into_messages(),
+        through,
+    })
 }
 
 #[async_trait]
@@ -815,10 +826,10 @@ impl Store for SqliteStore {
         room: &RoomId,
         peer: &PeerId,
         after: Seq,
-        limit: usize,
+        limit: ReadLimit,
         now: Millis,
     ) -> Result<InboxRead, StoreError> {
-        if limit == 0 {
+        if limit.messages == 0 {
             return Ok(InboxRead {
                 messages: Vec::new(),
                 through: after,

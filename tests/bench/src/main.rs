@@ -8,6 +8,7 @@ mod cost;
 mod deployment;
 mod dynamo;
 mod latency;
+mod poll_read;
 mod prices;
 mod server;
 mod store;
@@ -55,6 +56,9 @@ enum Command {
     /// What a deployment costs: measured request counts (DynamoDB on a local endpoint, run via
     /// tests/with-moto.sh) times the price table of tests/bench/src/prices.rs.
     Cost(cost::Settings),
+    /// What one poll of 100 offers of 32 KiB reads from DynamoDB (Query pages, items, bytes),
+    /// without the byte budget in the store read and with it (run via tests/with-moto.sh).
+    PollRead,
     /// Poll and post latency while housekeeping deletes many expired rows (SQLite).
     Housekeeping {
         /// Expired rows put in the file before the server starts.
@@ -98,6 +102,7 @@ async fn main() {
         return;
     }
     match cli.command {
+        Command::PollRead => return poll_read::run().await,
         Command::Housekeeping { rows } => return store::housekeeping(&cli.server_bin, rows).await,
         Command::Soak { minutes, rooms } => {
             return store::soak(&cli.server_bin, minutes, rooms).await;
@@ -127,6 +132,7 @@ async fn main() {
         Command::Dynamo { .. }
         | Command::Cost(_)
         | Command::Housekeeping { .. }
+        | Command::PollRead
         | Command::Soak { .. } => unreachable!("handled above"),
         Command::Throughput { rooms, seconds } => {
             let rate = throughput::run(&server, rooms, seconds).await;

@@ -2,6 +2,8 @@
 //! `lastSeq - ackedSeq` is free to read but counts expired messages and tombstones too, so
 //! only when it says full does a Query count the live messages exactly.
 
+use std::ops::ControlFlow;
+
 use super::DynamoStore;
 use super::items::{InboxItem, MemberItem, inbox_pk, seq_sk};
 use crate::clock::Millis;
@@ -39,11 +41,11 @@ impl DynamoStore {
                         Ok(_) => {}
                         Err(error) => {
                             failure = Some(error);
-                            return false;
+                            return ControlFlow::Break(());
                         }
                     }
                 }
-                true
+                ControlFlow::Continue(None)
             },
         )
         .await?;

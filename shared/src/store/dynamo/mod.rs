@@ -104,6 +104,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,8 +121,8 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use self::items::{Item, key, s};
 use super::{
-    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, Seq, Store,
-    StoreError, Timing,
+    Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, ReadLimit, Seq,
+    Store, StoreError, Timing,
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
@@ -289,12 +290,17 @@ impl DynamoStore {
     /// Connects to `table` with the standard AWS configuration from the environment (region,
     /// credentials, `AWS_ENDPOINT_URL_DYNAMODB`), short timeouts and three attempts per request.
     pub async fn connect(table: String) -> Result<Self, StoreError> {
-        let config = crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
+        Self::from_client(Client::new(&Self::sdk_config().await), table)
+    }
+
+    /// The SDK configuration [`DynamoStore::connect`] uses, for a client built elsewhere
+    /// (a benchmark adds an interceptor to it).
+    pub async fn sdk_config() -> aws_config::SdkConfig {
+        crate::aws::with_https_client(aws_config::defaults(BehaviorVersion::latest()))
             .timeout_config(Self::timeouts())
             .retry_config(RetryConfig::standard().with_max_attempts(REQUEST_ATTEMPTS))
             .load()
-            .await;
-        Self::from_client(Client::new(&config), table)
+            .await
     }
 
     /// Timeouts for every request: a poll's budget is seconds, so no request may hang.
@@ -352,13 +358,15 @@ impl DynamoStore {
             .fetch_add(items as u64, Ordering::Relaxed);
     }
 
-    /// Every item of one partition, read consistently, from `sk_after` (exclusive) on.
+    /// Every item of one partition, read consistently, from `sk_after` (exclusive) on, a
+    /// page at a time: after each page `next` says whether to stop or to read on, and with
+    /// which `Limit` (`page_size` is the first page's; `None`: DynamoDB's 1 MB page).
     async fn query_partition(
         &self,
         pk: String,
         sk_after: Option<String>,
-        page_size: Option<i32>,
-        mut keep_going: impl FnMut(&[Item]) -> bool,
+        mut page_size: Option<i32>,
+        mut next: impl FnMut(&[Item]) -> ControlFlow<(), Option<i32>>,
     ) -> Result<(), StoreError> {
         let mut start = None;
         loop {
@@ -378,8 +386,9 @@ impl DynamoStore {
                 None => query.key_condition_expression("pk = :pk"),
             };
             let page = query.send().await.map_err(unavailable)?;
-            if !keep_going(page.items.as_deref().unwrap_or_default()) {
-                return Ok(());
+            match next(page.items.as_deref().unwrap_or_default()) {
+                ControlFlow::Break(()) => return Ok(()),
+                ControlFlow::Continue(size) => page_size = size,
             }
             match page.last_evaluated_key {
                 Some(last) if !last.is_empty() => start = Some(last),
@@ -418,7 +427,7 @@ impl Store for DynamoStore {
         room: &RoomId,
         peer: &PeerId,
         after: Seq,
-        limit: usize,
+        limit: ReadLimit,
         now: Millis,
     ) -> Result<InboxRead, StoreError> {
         self.read_inbox(room, peer, after, limit, now, None).await

@@ -2,6 +2,7 @@
 //! departures (leaves and sweeps of timed-out members) with their `peer-left` notices.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem, Update};
 
@@ -29,7 +30,7 @@ impl DynamoStore {
         let mut raw = Vec::new();
         self.query_partition(room_pk(room), None, None, |page| {
             raw.extend_from_slice(page);
-            true
+            ControlFlow::Continue(None)
         })
         .await?;
         let mut version = None;

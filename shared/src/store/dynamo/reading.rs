@@ -1,6 +1,8 @@
 //! Reading an inbox: the contiguous run after a cursor, and tombstones over gaps that a
 //! stalled or dead writer left for longer than the gap timeout.
 
+use std::ops::ControlFlow;
+
 use super::items::{
     InboxItem, get_n, inbox_pk, key, member, member_sk, room_pk, seq_sk, void_item,
 };
@@ -10,7 +12,28 @@ use super::{
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
-use crate::store::{InboxRead, Seq, StoreError};
+use crate::message::{MAX_DESCRIPTION_DATA, MESSAGE_OVERHEAD_BYTES};
+use crate::store::{Collected, InboxRead, ReadLimit, Seq, StoreError};
+
+/// The most items one Query page of a read asks for (a page stops at 1 MB anyway).
+const MAX_PAGE_ITEMS: usize = 1_000;
+
+/// The `Limit` of a read's next Query page: as many items as the bytes left could hold at the
+/// cost per message taken so far (before any, the largest message's cost), plus one that may
+/// not fit so that the page can end the read; never more than the messages still admitted.
+/// A poll of an inbox of large offers thus reads about its byte budget, not a 1 MB page, and
+/// one of small messages still reads them in a page or two.
+fn page_size(collected: &Collected) -> i32 {
+    let cost = collected
+        .average_cost()
+        .unwrap_or(MAX_DESCRIPTION_DATA + MESSAGE_OVERHEAD_BYTES)
+        .max(1);
+    let items = (collected.bytes_left() / cost)
+        .saturating_add(1)
+        .min(collected.messages_left())
+        .clamp(1, MAX_PAGE_ITEMS);
+    i32::try_from(items).unwrap_or(i32::MAX)
+}
 
 impl DynamoStore {
     /// Whether the unfilled positions up to `last` of an inbox (everything below the item that
@@ -109,7 +132,7 @@ impl DynamoStore {
         room: &RoomId,
         peer: &PeerId,
         after: Seq,
-        limit: usize,
+        limit: ReadLimit,
         now: Millis,
         hook: Hook<'_>,
     ) -> Result<InboxRead, StoreError> {
@@ -117,13 +140,12 @@ impl DynamoStore {
             messages: Vec::new(),
             through: after,
         };
-        if limit == 0 {
+        if limit.messages == 0 {
             return Ok(nothing);
         }
         let inbox = inbox_pk(room, peer);
-        let page_size = i32::try_from(limit.min(1_000)).unwrap_or(1_000);
         for _ in 0..MAX_READ_ROUNDS {
-            let mut messages = Vec::new();
+            let mut collected = Collected::new(limit);
             let mut expected = after + 1;
             // The last number read, tombstoned or expired: where a cursor may move to.
             let mut through = after;
@@ -132,14 +154,14 @@ impl DynamoStore {
             self.query_partition(
                 inbox.clone(),
                 Some(seq_sk(after)),
-                Some(page_size),
+                Some(page_size(&collected)),
                 |page| {
                     for raw in page {
                         let item = match InboxItem::from_item(raw, now) {
                             Ok(item) => item,
                             Err(error) => {
                                 failure = Some(error);
-                                return false;
+                                return ControlFlow::Break(());
                             }
                         };
                         if item.last < expected {
@@ -147,28 +169,36 @@ impl DynamoStore {
                         }
                         if item.first > expected {
                             blocked = Some(item);
-                            return false;
+                            return ControlFlow::Break(());
                         }
                         for seq in expected.max(item.first)..=item.last {
                             if let Some(message) = item.message(seq, peer) {
-                                messages.push(message);
-                                if messages.len() >= limit {
+                                // Not taken: it starts the next read, so the cursor stays
+                                // before it.
+                                if !collected.take(message) {
+                                    through = seq - 1;
+                                    return ControlFlow::Break(());
+                                }
+                                if collected.is_full() {
                                     through = seq;
-                                    return false;
+                                    return ControlFlow::Break(());
                                 }
                             }
                         }
                         expected = item.last + 1;
                         through = item.last;
                     }
-                    true
+                    ControlFlow::Continue(Some(page_size(&collected)))
                 },
             )
             .await?;
             if let Some(error) = failure {
                 return Err(error);
             }
-            let read = InboxRead { messages, through };
+            let read = InboxRead {
+                messages: collected.into_messages(),
+                through,
+            };
             let Some(blocked) = blocked else {
                 return Ok(read);
             };

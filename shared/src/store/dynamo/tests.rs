@@ -14,6 +14,7 @@ use super::*;
 use crate::clock::now_millis;
 use crate::ids::MessageId;
 use crate::message::{MessageKind, Outgoing, StoredMessage};
+use crate::store::ReadLimit;
 use crate::store::conformance::{OPEN_JOINS, join, post_one, timing};
 
 /// One table per test process, created on first use.
@@ -185,7 +186,7 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     post_one(&store, &room, &carol, Some(&bob), "second").await;
 
     let early = store
-        .read(&room, &bob, 0, 100, before)
+        .read(&room, &bob, 0, ReadLimit::messages(100), before)
         .await
         .expect("reads")
         .messages;
@@ -197,7 +198,7 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     assert!(texts(&early).is_empty());
     assert!(
         store
-            .read(&room, &bob, 1, 100, before)
+            .read(&room, &bob, 1, ReadLimit::messages(100), before)
             .await
             .expect("reads")
             .messages
@@ -207,7 +208,7 @@ async fn a_stalled_writer_holds_back_later_messages_until_it_commits() {
     go.send(()).expect("the writer waits");
     writer.await.expect("writer ran").expect("post succeeds");
     let inbox = store
-        .read(&room, &bob, 0, 100, now_millis())
+        .read(&room, &bob, 0, ReadLimit::messages(100), now_millis())
         .await
         .expect("reads")
         .messages;
@@ -232,7 +233,7 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     post_one(&store, &room, &carol, Some(&bob), "c1").await;
 
     let waiting = store
-        .read(&room, &bob, 1, 100, before)
+        .read(&room, &bob, 1, ReadLimit::messages(100), before)
         .await
         .expect("reads")
         .messages;
@@ -243,7 +244,7 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
 
     let later = now_millis() + GAP_TIMEOUT_MS + 500;
     let delivered = store
-        .read(&room, &bob, 1, 100, later)
+        .read(&room, &bob, 1, ReadLimit::messages(100), later)
         .await
         .expect("reads")
         .messages;
@@ -255,7 +256,7 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     let posted = writer.await.expect("writer ran").expect("post succeeds");
     assert_eq!(posted.recipients, std::slice::from_ref(&bob));
     let inbox = store
-        .read(&room, &bob, 0, 100, now_millis())
+        .read(&room, &bob, 0, ReadLimit::messages(100), now_millis())
         .await
         .expect("reads")
         .messages;
@@ -266,7 +267,7 @@ async fn a_dead_writer_is_tombstoned_after_the_gap_timeout_and_its_late_commit_m
     );
     assert_eq!(seqs(&inbox), [1, 5, 6, 7, 8]);
     let replay = store
-        .read(&room, &bob, 5, 100, now_millis())
+        .read(&room, &bob, 5, ReadLimit::messages(100), now_millis())
         .await
         .expect("reads")
         .messages;
@@ -291,7 +292,7 @@ async fn a_cursor_inside_a_batch_reads_the_rest_of_it() {
     let mut read = Vec::new();
     for _ in 0..3 {
         let page = store
-            .read(&room, &bob, cursor, 2, now)
+            .read(&room, &bob, cursor, ReadLimit::messages(2), now)
             .await
             .expect("reads")
             .messages;
@@ -394,7 +395,7 @@ async fn counts_requests_for_a_two_peer_negotiation() {
             .await
             .expect("touch");
         let messages = store
-            .read(&room, peer, 0, 100, now_millis())
+            .read(&room, peer, 0, ReadLimit::messages(100), now_millis())
             .await
             .expect("read")
             .messages;
@@ -411,7 +412,13 @@ async fn counts_requests_for_a_two_peer_negotiation() {
         .await
         .expect("touch");
     let nothing = store
-        .read(&room, &alice, alice_head, 100, now_millis())
+        .read(
+            &room,
+            &alice,
+            alice_head,
+            ReadLimit::messages(100),
+            now_millis(),
+        )
         .await
         .expect("read")
         .messages;
@@ -489,7 +496,7 @@ async fn read_everything(
     let mut read = Vec::new();
     for _ in 0..20 {
         let page = store
-            .read(room, peer, cursor, 1_000, now)
+            .read(room, peer, cursor, ReadLimit::messages(1_000), now)
             .await
             .expect("reads")
             .messages;
@@ -538,7 +545,14 @@ async fn a_readers_tombstone_never_hides_the_start_of_a_committed_batch() {
     let hook = hook_at(Step::Tombstone, commit_c);
     let later = now_millis() + GAP_TIMEOUT_MS + 500;
     store
-        .read_inbox(&room, &bob, 0, 1_000, later, Some(&hook))
+        .read_inbox(
+            &room,
+            &bob,
+            0,
+            ReadLimit::messages(1_000),
+            later,
+            Some(&hook),
+        )
         .await
         .expect("reads");
     let c_outcome = c_commit.lock().expect("lock").take();
@@ -631,7 +645,7 @@ async fn a_put_whose_response_was_lost_is_not_delivered_twice() {
         .expect("post succeeds");
     assert!(!lose.armed.load(Ordering::SeqCst), "a response was lost");
     let inbox = store
-        .read(&room, &bob, 0, 100, now_millis())
+        .read(&room, &bob, 0, ReadLimit::messages(100), now_millis())
         .await
         .expect("reads")
         .messages;
@@ -705,7 +719,7 @@ async fn a_broadcast_skips_a_member_who_leaves_mid_post() {
         .expect("a broadcast skips members who left");
     assert_eq!(posted.recipients, std::slice::from_ref(&bob));
     let inbox = store
-        .read(&room, &bob, 0, 100, now_millis())
+        .read(&room, &bob, 0, ReadLimit::messages(100), now_millis())
         .await
         .expect("reads")
         .messages;
@@ -788,7 +802,7 @@ async fn a_gap_is_judged_by_its_newest_allocation_not_by_when_its_start_was_noti
     let noticed_at = now_millis();
     assert!(
         store
-            .read(&room, &bob, 0, 100, noticed_at)
+            .read(&room, &bob, 0, ReadLimit::messages(100), noticed_at)
             .await
             .expect("reads")
             .messages
@@ -814,7 +828,7 @@ async fn a_gap_is_judged_by_its_newest_allocation_not_by_when_its_start_was_noti
     store.post(after_live).await.expect("posts");
 
     let early = store
-        .read(&room, &bob, 0, 100, much_later + 10)
+        .read(&room, &bob, 0, ReadLimit::messages(100), much_later + 10)
         .await
         .expect("reads")
         .messages;

@@ -77,7 +77,7 @@ async fn committed_messages_survive_reopening_the_file() {
     }
     let store = SqliteStore::open(&path).expect("reopens");
     let held = store
-        .read(&room, &bob, 0, 100, timing(0).now)
+        .read(&room, &bob, 0, ReadLimit::messages(100), timing(0).now)
         .await
         .expect("reads");
     assert_eq!(
@@ -339,7 +339,7 @@ async fn reads_do_not_queue_behind_a_waiting_write() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let read = store
-        .read(&room, &bob, 0, 100, timing(0).now)
+        .read(&room, &bob, 0, ReadLimit::messages(100), timing(0).now)
         .await
         .expect("reads");
     let anyone_stale = store.sweep(&room, timing(0)).await.expect("pre-checks");
