@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use super::*;
 use crate::config::Deployment;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{InboxRead, Joined as StoreJoined, Posted, Presence, Seq, StoreError};
+use crate::store::{InboxRead, Joined as StoreJoined, Posted, Presence, Seq, StoreError, Waiting};
 
 /// The SQLite store, counting inbox reads.
 struct CountingStore {
@@ -31,10 +31,10 @@ impl Store for CountingStore {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError> {
         self.inner
-            .touch_waiting(room, peer, acked, now, waits_at)
+            .touch_waiting(room, peer, acked, now, waiting)
             .await
     }
 
