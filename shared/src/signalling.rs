@@ -20,10 +20,10 @@ use crate::ids::{MessageId, PeerId, RoomId};
 use crate::limits::{ClientLimits, ClientRequest, RoomJoinRate};
 use crate::message::{Outgoing, StoredMessage};
 use crate::metrics;
-use crate::poll_slots::PollSlots;
 use crate::store::metered::Metered;
 use crate::store::{
-    Departures, Doorbell, JoinRequest, PostRequest, RateLimit, ReadLimit, Store, Timing,
+    Departures, Doorbell, JoinRequest, PollRecord, PostRequest, RateLimit, ReadLimit, Store,
+    Timing, Waiting,
 };
 use crate::token::{PeerGrant, TokenError, TokenKeys};
 use crate::wakeup::{self, InProcess, PollSchedule, SweepSchedule, Wakeup, Wakeups};
@@ -69,7 +69,6 @@ pub struct Signalling {
     wakeup: Arc<dyn Wakeup>,
     schedule: PollSchedule,
     sweeps: SweepSchedule,
-    polls: PollSlots,
     clients: ClientLimits,
     shutdown: watch::Sender<bool>,
 }
@@ -140,7 +139,6 @@ impl Signalling {
             wakeup,
             schedule: PollSchedule::default(),
             sweeps: SweepSchedule::new(SWEEP_INTERVAL),
-            polls: PollSlots::default(),
             clients,
             shutdown: watch::Sender::new(false),
         }
@@ -313,7 +311,10 @@ impl Signalling {
         let started = Instant::now();
         let deadline = started + wait;
         let subscription = self.wakeups.subscribe(room, peer);
-        let slot = self.polls.take(room, peer);
+        // One waiting poll per peer: the slot ends an older poll in this process; the presence
+        // update below names one waiting elsewhere.
+        let poll_id = ulid::Ulid::new().to_string();
+        let slot = self.wakeups.polls().take(room, peer, &poll_id);
         let mut shutdown = self.shutdown.subscribe();
         let listening = self.wakeup.listen().await;
         let schedule = match &listening {
@@ -322,16 +323,24 @@ impl Signalling {
             Some(_) => PollSchedule::WITH_WAKEUPS,
         };
         let after_seq = after.map_or(0, |cursor| cursor.seq);
+        let touched_at = now_millis();
         let presence = self
             .store
             .touch_waiting(
                 room,
                 peer,
                 after_seq,
-                now_millis(),
-                listening.as_ref().map(|listening| &*listening.address),
+                touched_at,
+                listening.as_ref().map(|listening| Waiting {
+                    address: &listening.address,
+                    poll: &poll_id,
+                    until: touched_at.saturating_add(duration_millis(wait)),
+                }),
             )
             .await?;
+        if let Some(previous) = presence.previous {
+            self.supersede(room, peer, previous, touched_at).await;
+        }
         let head = presence.head;
         if after_seq > head {
             return Err(ApiError::InvalidRequest(
@@ -436,6 +445,18 @@ impl Signalling {
                     return Ok(Polled { messages: Vec::new(), cursor });
                 }
             }
+        }
+    }
+
+    /// Ends the peer's previous poll where it waits, if it may still be waiting in another
+    /// process (this process's slot ended it already if it waits here, and the adapter does
+    /// not ring its own address). Best effort like every doorbell: if this one is lost, the
+    /// older poll ends with its own wait (at most `maxWait` seconds), as it would have without
+    /// the cap, and it has delivered nothing this poll could then miss or repeat out of order.
+    async fn supersede(&self, room: &RoomId, peer: &PeerId, previous: PollRecord, now: Millis) {
+        if previous.may_wait(now) {
+            let doorbell = Doorbell::supersede(peer.clone(), previous.address, previous.poll);
+            self.ring(room, &[doorbell]).await;
         }
     }
 
@@ -559,6 +580,10 @@ impl Signalling {
             );
         }
     }
+}
+
+fn duration_millis(duration: Duration) -> Millis {
+    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
 }
 
 fn seconds_to_millis(seconds: u64) -> Millis {

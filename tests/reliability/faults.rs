@@ -12,7 +12,7 @@ use signalpost_shared::clock::Millis;
 use signalpost_shared::ids::{PeerId, RoomId};
 use signalpost_shared::store::{
     Departures, Doorbell, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, ReadLimit,
-    Seq, Store, StoreError, Timing,
+    Seq, Store, StoreError, Timing, Waiting,
 };
 use signalpost_shared::wakeup::{Listening, Wakeup};
 
@@ -95,12 +95,12 @@ impl Store for FaultyStore {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError> {
         let fail = self.before().await?;
         let presence = self
             .inner
-            .touch_waiting(room, peer, acked, now, waits_at)
+            .touch_waiting(room, peer, acked, now, waiting)
             .await;
         self.after(fail, presence)
     }

@@ -8,7 +8,7 @@ use super::*;
 use crate::config::Deployment;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    InboxRead, Joined as StoreJoined, Posted, Presence, ReadLimit, Seq, StoreError,
+    InboxRead, Joined as StoreJoined, Posted, Presence, ReadLimit, Seq, StoreError, Waiting,
 };
 
 /// The SQLite store, counting inbox reads.
@@ -33,10 +33,10 @@ impl Store for CountingStore {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError> {
         self.inner
-            .touch_waiting(room, peer, acked, now, waits_at)
+            .touch_waiting(room, peer, acked, now, waiting)
             .await
     }
 

@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{JoinRequest, PostRequest, Posted, RateLimit, ReadLimit, Store, StoreError, Timing};
+use super::{
+    Doorbell, JoinRequest, PollRecord, PostRequest, Posted, RateLimit, ReadLimit, Store,
+    StoreError, Timing, Waiting,
+};
 use crate::clock::now_millis;
 use crate::ids::{ClientMessageId, MessageId, PeerId, RoomId};
 use crate::limits::RoomJoinRate;
@@ -33,6 +36,7 @@ macro_rules! store_conformance_tests {
             a_read_stops_at_its_byte_budget,
             expired_messages_are_never_read,
             touch_reports_head_and_acknowledgements_free_the_inbox,
+            a_waiting_poll_learns_the_poll_it_replaces,
             sweep_removes_silent_peers_and_tells_the_rest,
             leave_tells_the_rest_and_is_idempotent,
             concurrent_senders_keep_their_own_order,
@@ -1291,4 +1295,89 @@ pub async fn rejoining_continues_the_departed_members_post_count(store: Arc<dyn 
         .post(post_quiet(&carol, 0))
         .await
         .expect("the departed member's window had closed");
+}
+
+/// The cross-process poll cap's store half: each waiting poll's presence update records it
+/// and returns the poll it replaced, in the same request; a touch that records no poll (ICE
+/// servers) keeps the record; writers still ring the recorded address.
+pub async fn a_waiting_poll_learns_the_poll_it_replaces(store: Arc<dyn Store>) {
+    let room = unique_room("poll-record");
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    join(&*store, &room, &alice).await;
+    join(&*store, &room, &bob).await;
+    let now = timing(0).now;
+    let waiting = |address, poll, until| {
+        Some(Waiting {
+            address,
+            poll,
+            until,
+        })
+    };
+    let first = store
+        .touch_waiting(&room, &bob, 0, now, waiting("here", "p1", now + 20_000))
+        .await
+        .expect("first poll");
+    assert_eq!(first.previous, None, "no poll before the first");
+    store
+        .touch(&room, &bob, 0, now + 1)
+        .await
+        .expect("a touch without a poll");
+    let second = store
+        .touch_waiting(
+            &room,
+            &bob,
+            0,
+            now + 2,
+            waiting("there", "p2", now + 30_000),
+        )
+        .await
+        .expect("second poll");
+    assert_eq!(
+        second.previous,
+        Some(PollRecord {
+            poll: "p1".into(),
+            address: "here".into(),
+            until: now + 20_000,
+        }),
+        "the newer poll learns the older one, kept through the plain touch"
+    );
+    assert!(
+        second
+            .previous
+            .as_ref()
+            .is_some_and(|p| p.may_wait(now + 2))
+    );
+    let posted = store
+        .post(PostRequest {
+            room: room.clone(),
+            sender: alice.clone(),
+            messages: vec![app_message(Some(&bob), "ring", None)],
+            inbox_limit: 1_000,
+            rate_limit: RateLimit {
+                posts: 100,
+                window_ms: 10_000,
+            },
+            timing: timing(3),
+        })
+        .await
+        .expect("posts");
+    assert_eq!(
+        posted.doorbells,
+        [Doorbell::wake(bob.clone(), "there".into())],
+        "writers ring where the latest poll waits"
+    );
+    let third = store
+        .touch_waiting(
+            &room,
+            &bob,
+            0,
+            now + 4,
+            waiting("there", "p3", now + 40_000),
+        )
+        .await
+        .expect("third poll");
+    assert_eq!(
+        third.previous.map(|previous| previous.poll),
+        Some("p2".into())
+    );
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::{
     Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, ReadLimit, Seq,
-    Store, StoreError, Timing,
+    Store, StoreError, Timing, Waiting,
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
@@ -71,11 +71,11 @@ impl Store for Metered {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError> {
         counted(
             "touch",
-            self.0.touch_waiting(room, peer, acked, now, waits_at).await,
+            self.0.touch_waiting(room, peer, acked, now, waiting).await,
         )
     }
 

@@ -41,10 +41,66 @@ pub type Seq = u64;
 
 /// A recipient whose long poll recorded where it waits (see [`Store::touch_waiting`]): the
 /// wake-up address to ring after a write, so that a poll in another process wakes at once.
+///
+/// A doorbell that names a poll (`ends`) does not wake the inbox: it tells the process at
+/// `address` that this poll of `peer` was superseded by a newer one, which it ends as
+/// [`crate::poll_slots::PollSlots`] ends an older poll of its own (see [`PollRecord`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Doorbell {
     pub peer: PeerId,
     pub address: String,
+    pub ends: Option<String>,
+}
+
+impl Doorbell {
+    /// Wakes `peer`'s waiting poll at `address`: its inbox has something new.
+    pub fn wake(peer: PeerId, address: String) -> Self {
+        Self {
+            peer,
+            address,
+            ends: None,
+        }
+    }
+
+    /// Ends poll `poll` of `peer`, waiting at `address`: a newer poll replaced it.
+    pub fn supersede(peer: PeerId, address: String, poll: String) -> Self {
+        Self {
+            peer,
+            address,
+            ends: Some(poll),
+        }
+    }
+}
+
+/// The long poll recording itself on its member in the presence update
+/// ([`Store::touch_waiting`]): where it waits, which poll it is, and when its wait ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting<'a> {
+    /// This process's wake-up address.
+    pub address: &'a str,
+    /// A fresh id per poll, so that a doorbell ends that poll and no later one.
+    pub poll: &'a str,
+    /// When the poll's wait ends at the latest (Unix ms).
+    pub until: Millis,
+}
+
+/// The poll recorded on a member before the presence update that replaced it: the cap of
+/// one waiting poll per peer across processes. The newer poll rings its doorbell
+/// ([`Doorbell::supersede`]) if it may still wait ([`PollRecord::may_wait`]) in another
+/// process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollRecord {
+    pub poll: String,
+    pub address: String,
+    pub until: Millis,
+}
+
+impl PollRecord {
+    /// Whether the poll may still be waiting at `now`: its wait has not run out. A poll that
+    /// returned early (with messages) looks the same: ending it is then a no-op.
+    pub fn may_wait(&self, now: Millis) -> bool {
+        self.until > now
+    }
 }
 
 /// A member of a room, as the others see it.
@@ -173,7 +229,7 @@ pub struct Posted {
 }
 
 /// What a poll's presence update ([`Store::touch_waiting`]) learns of the poller's inbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Presence {
     /// The newest sequence number of the inbox.
     pub head: Seq,
@@ -181,6 +237,9 @@ pub struct Presence {
     /// never had one: what the server knows of the inbox's activity, which bounds the
     /// activity a client's cursor may claim.
     pub last_activity: Millis,
+    /// The poll this update replaced on the member, when the update recorded a new one and
+    /// the member held a record of an earlier poll.
+    pub previous: Option<PollRecord>,
 }
 
 /// What a read of an inbox found.
@@ -342,17 +401,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.touch_waiting(room, peer, acked, now, None).await?.head)
     }
 
-    /// [`Store::touch`], also recording `waits_at` (this poll's wake-up address) on the
-    /// member, so that writers learn where to ring from the member list they read anyway
-    /// (`None` leaves a recorded address as it is); returns the inbox's head and when it last
-    /// had a message, from the same update.
+    /// [`Store::touch`], also recording `waiting` (this poll's wake-up address, id and end)
+    /// on the member, so that writers learn where to ring from the member list they read
+    /// anyway, and a newer poll learns of an older one (`None` leaves a recorded poll as it
+    /// is); returns the inbox's head, when it last had a message and the poll record it
+    /// replaced, all from the same update.
     async fn touch_waiting(
         &self,
         room: &RoomId,
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError>;
 
     /// The unexpired messages of `peer`'s inbox after `after` that `limit` admits, in order,

@@ -29,9 +29,9 @@ use rusqlite::{
 
 pub use self::schema::SCHEMA_VERSION;
 use super::{
-    Collected, Departures, Doorbell, InboxRead, JoinRequest, Joined, Member, PostRequest, Posted,
-    Presence, ReadLimit, Seq, SpentPosts, Store, StoreError, Timing, distinct_recipients,
-    fits_in_inbox, resolve_recipients,
+    Collected, Departures, Doorbell, InboxRead, JoinRequest, Joined, Member, PollRecord,
+    PostRequest, Posted, Presence, ReadLimit, Seq, SpentPosts, Store, StoreError, Timing, Waiting,
+    distinct_recipients, fits_in_inbox, resolve_recipients,
 };
 use crate::clock::Millis;
 use crate::ids::{MessageId, PeerId, RoomId};
@@ -211,10 +211,36 @@ fn doorbells(
         let (peer, address) = row.map_err(store_error)?;
         let peer = parse_id(PeerId::parse, &peer)?;
         if peers.contains(&peer) {
-            found.push(Doorbell { peer, address });
+            found.push(Doorbell::wake(peer, address));
         }
     }
     Ok(found)
+}
+
+/// The poll a member row records, if any: rows from before poll ids have none.
+fn recorded_poll(
+    transaction: &Transaction<'_>,
+    room: &RoomId,
+    peer: &PeerId,
+) -> Result<Option<PollRecord>, StoreError> {
+    let record: Option<(Option<String>, Option<String>, Millis)> = transaction
+        .prepare_cached(
+            "SELECT poll_id, waits_at, poll_until FROM members WHERE room = ?1 AND peer = ?2",
+        )
+        .map_err(store_error)?
+        .query_row(params![room.as_str(), peer.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()
+        .map_err(store_error)?;
+    Ok(match record {
+        Some((Some(poll), Some(address), until)) => Some(PollRecord {
+            poll,
+            address,
+            until,
+        }),
+        _ => None,
+    })
 }
 
 /// Appends one message to `recipient`'s inbox at its next sequence number.
@@ -786,10 +812,17 @@ impl Store for SqliteStore {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError> {
         let (room, peer) = (room.clone(), peer.clone());
-        let waits_at = waits_at.map(str::to_owned);
+        let (waits_at, poll_id, poll_until) = match waiting {
+            Some(waiting) => (
+                Some(waiting.address.to_owned()),
+                Some(waiting.poll.to_owned()),
+                Some(waiting.until),
+            ),
+            None => (None, None, None),
+        };
         let acked = i64::try_from(acked).unwrap_or(i64::MAX);
         let asked = Instant::now();
         self.write(move |transaction| {
@@ -797,16 +830,31 @@ impl Store for SqliteStore {
             // not come out of this peer's presence margin.
             let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(Millis::MAX);
             let seen = now.saturating_add(waited);
+            // The poll this one replaces, read under the same write lock as the update.
+            let previous = match poll_id {
+                Some(_) => recorded_poll(transaction, &room, &peer)?,
+                None => None,
+            };
             let presence: Option<(i64, Millis)> = transaction
                 .prepare_cached(
                     "UPDATE members SET last_seen = MAX(last_seen, ?3),
                          acked_seq = MAX(acked_seq, MIN(?4, last_seq)),
-                         waits_at = COALESCE(?5, waits_at)
+                         waits_at = COALESCE(?5, waits_at),
+                         poll_id = COALESCE(?6, poll_id),
+                         poll_until = COALESCE(?7, poll_until)
                      WHERE room = ?1 AND peer = ?2 RETURNING last_seq, last_activity",
                 )
                 .map_err(store_error)?
                 .query_row(
-                    params![room.as_str(), peer.as_str(), seen, acked, waits_at],
+                    params![
+                        room.as_str(),
+                        peer.as_str(),
+                        seen,
+                        acked,
+                        waits_at,
+                        poll_id,
+                        poll_until
+                    ],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
@@ -815,6 +863,7 @@ impl Store for SqliteStore {
                 .map(|(head, last_activity)| Presence {
                     head: Seq::try_from(head).unwrap_or(0),
                     last_activity,
+                    previous,
                 })
                 .ok_or(StoreError::PeerGone)
         })

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Wakeup, Wakeups};
+use super::{Listening, Wakeup, Wakeups};
 use crate::ids::{PeerId, RoomId};
 use crate::store::Doorbell;
 
@@ -40,6 +40,16 @@ where
     a_burst_of_doorbells_wakes_every_inbox(&poster, &poller).await;
     ringing_where_nobody_listens_neither_fails_nor_hangs(&poster, dead_address).await;
     a_process_does_not_ring_its_own_address(&poller).await;
+    a_doorbell_ends_the_superseded_poll_in_the_other_process(&poster, &poller).await;
+}
+
+/// The process's address, listening while the result is held.
+async fn listening(process: &Process) -> Listening {
+    process
+        .adapter
+        .listen()
+        .await
+        .expect("the poller has an address")
 }
 
 fn room() -> RoomId {
@@ -70,21 +80,14 @@ pub async fn a_doorbell_wakes_only_the_named_inboxes_in_the_other_process(
     poster: &Process,
     poller: &Process,
 ) {
-    let listening = poller
-        .adapter
-        .listen()
-        .await
-        .expect("the poller has an address");
+    let listening = listening(poller).await;
     let room = room();
     let (alice, bob) = (PeerId::mint(), PeerId::mint());
     let bob_subscription = poller.wakeups.subscribe(&room, &bob);
     let bob_woken = bob_subscription.notify().notified();
     tokio::pin!(bob_woken);
     bob_woken.as_mut().enable();
-    let doorbell = Doorbell {
-        peer: alice.clone(),
-        address: listening.address.to_string(),
-    };
+    let doorbell = Doorbell::wake(alice.clone(), listening.address.to_string());
     let waited = woken_within(
         poller,
         &room,
@@ -106,11 +109,7 @@ pub async fn a_doorbell_wakes_only_the_named_inboxes_in_the_other_process(
 }
 
 pub async fn a_burst_of_doorbells_wakes_every_inbox(poster: &Process, poller: &Process) {
-    let listening = poller
-        .adapter
-        .listen()
-        .await
-        .expect("the poller has an address");
+    let listening = listening(poller).await;
     let room = room();
     let peers: Vec<PeerId> = (0..5).map(|_| PeerId::mint()).collect();
     let subscriptions: Vec<_> = peers
@@ -126,10 +125,7 @@ pub async fn a_burst_of_doorbells_wakes_every_inbox(poster: &Process, poller: &P
     // One post to several recipients, then one post per recipient.
     let doorbells: Vec<Doorbell> = peers
         .iter()
-        .map(|peer| Doorbell {
-            peer: peer.clone(),
-            address: listening.address.to_string(),
-        })
+        .map(|peer| Doorbell::wake(peer.clone(), listening.address.to_string()))
         .collect();
     poster.adapter.ring(&room, &doorbells[..2]).await;
     for doorbell in &doorbells[2..] {
@@ -151,10 +147,7 @@ pub async fn ringing_where_nobody_listens_neither_fails_nor_hangs(
     dead_address: &str,
 ) {
     let started = Instant::now();
-    let doorbell = Doorbell {
-        peer: PeerId::mint(),
-        address: dead_address.to_owned(),
-    };
+    let doorbell = Doorbell::wake(PeerId::mint(), dead_address.to_owned());
     poster.adapter.ring(&room(), &[doorbell]).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -168,10 +161,7 @@ pub async fn a_process_does_not_ring_its_own_address(process: &Process) {
     let listening = process.adapter.listen().await.expect("an address");
     let room = room();
     let peer = PeerId::mint();
-    let doorbell = Doorbell {
-        peer: peer.clone(),
-        address: listening.address.to_string(),
-    };
+    let doorbell = Doorbell::wake(peer.clone(), listening.address.to_string());
     let waited = woken_within(
         process,
         &room,
@@ -181,4 +171,66 @@ pub async fn a_process_does_not_ring_its_own_address(process: &Process) {
     )
     .await;
     assert!(waited.is_none(), "a process rang its own address");
+}
+
+pub async fn a_doorbell_ends_the_superseded_poll_in_the_other_process(
+    poster: &Process,
+    poller: &Process,
+) {
+    let listening = listening(poller).await;
+    let room = room();
+    let (alice, bob) = (PeerId::mint(), PeerId::mint());
+    let older = poller.wakeups.polls().take(&room, &alice, "older");
+    let bobs = poller.wakeups.polls().take(&room, &bob, "older");
+    // Alice's inbox is not woken by it: ending a poll is not news for her inbox.
+    let subscription = poller.wakeups.subscribe(&room, &alice);
+    let woken = subscription.notify().notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    let address = listening.address.to_string();
+    poster
+        .adapter
+        .ring(
+            &room,
+            &[Doorbell::supersede(
+                alice.clone(),
+                address.clone(),
+                "older".into(),
+            )],
+        )
+        .await;
+    assert!(
+        tokio::time::timeout(ARRIVAL, older.superseded())
+            .await
+            .is_ok(),
+        "the superseded poll in the other process was not ended"
+    );
+    let quiet = Duration::from_millis(200);
+    assert!(
+        tokio::time::timeout(quiet, bobs.superseded())
+            .await
+            .is_err(),
+        "bob's poll was ended by a doorbell for alice's"
+    );
+    assert!(
+        tokio::time::timeout(quiet, woken).await.is_err(),
+        "ending a poll woke the inbox"
+    );
+    drop(older);
+    // A late doorbell for a poll that a newer one of the same process replaced since ends
+    // nothing.
+    let newer = poller.wakeups.polls().take(&room, &alice, "newer");
+    poster
+        .adapter
+        .ring(
+            &room,
+            &[Doorbell::supersede(alice.clone(), address, "older".into())],
+        )
+        .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), newer.superseded())
+            .await
+            .is_err(),
+        "a doorbell for an older poll ended the newer one"
+    );
 }

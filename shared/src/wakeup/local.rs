@@ -1,5 +1,5 @@
-//! In-process wake-ups: one [`Notify`] per inbox with a waiting poll. Every adapter delivers
-//! into this registry, and [`InProcess`] is the adapter of a process with nobody to share
+//! In-process wake-ups: one [`Notify`] per inbox with a waiting poll, and the slot of each
+//! peer's waiting poll. Every adapter delivers into this registry, and [`InProcess`] is the adapter of a process with nobody to share
 //! wake-ups with (a platform without Unix sockets, or a test).
 
 use std::collections::HashMap;
@@ -11,14 +11,17 @@ use async_trait::async_trait;
 
 use super::{Listening, Wakeup};
 use crate::ids::{PeerId, RoomId};
+use crate::poll_slots::PollSlots;
 use crate::store::Doorbell;
 
 type InboxKey = (RoomId, PeerId);
 
-/// In-process wake-ups, one [`Notify`] per inbox that has a waiting poll.
+/// In-process wake-ups, one [`Notify`] per inbox that has a waiting poll, and the waiting
+/// poll of each peer ([`PollSlots`]), which a doorbell from another process may end.
 #[derive(Default)]
 pub struct Wakeups {
     inboxes: Mutex<HashMap<InboxKey, Arc<Notify>>>,
+    polls: PollSlots,
 }
 
 /// A waiting poll's hold on its inbox's signal; dropping it forgets the inbox when no other
@@ -79,6 +82,11 @@ impl Wakeups {
                 notify.notify_waiters();
             }
         }
+    }
+
+    /// The waiting poll of each peer in this process.
+    pub fn polls(&self) -> &PollSlots {
+        &self.polls
     }
 
     /// Inboxes with a waiting poll, for tests and metrics.

@@ -130,8 +130,10 @@ pub async fn open(config: &Config, wakeups: Arc<Wakeups>) -> Arc<dyn Wakeup> {
     }
 }
 
-/// The doorbells to ring elsewhere, one payload per address: a line `room peer` per peer.
-/// Room and peer ids hold no spaces or line breaks, so the format needs no escaping.
+/// The doorbells to ring elsewhere, one payload per address: a line `room peer` per inbox to
+/// wake, and `room peer poll` per superseded poll to end. Room and peer ids hold no spaces or
+/// line breaks, nor do poll ids (ULIDs), so the format needs no escaping; a receiver from
+/// before poll ids finds no valid peer in a three-word line and ignores it.
 pub(crate) fn payloads(
     room: &RoomId,
     doorbells: &[Doorbell],
@@ -144,7 +146,10 @@ pub(crate) fn payloads(
             continue;
         }
         let payload = payloads.entry(doorbell.address.clone()).or_default();
-        let line = format!("{} {}\n", room.as_str(), doorbell.peer.as_str());
+        let line = match &doorbell.ends {
+            None => format!("{} {}\n", room.as_str(), doorbell.peer.as_str()),
+            Some(poll) => format!("{} {} {poll}\n", room.as_str(), doorbell.peer.as_str()),
+        };
         if !payload.contains(&line) {
             payload.push_str(&line);
         }
@@ -152,21 +157,34 @@ pub(crate) fn payloads(
     payloads
 }
 
-/// Wakes the inboxes a payload names (one wake-up received, however many it names); lines that do not parse are ignored (a wake-up is only
-/// a hint, and nothing here trusts its sender).
+/// Wakes the inboxes and ends the superseded polls a payload names (one wake-up received,
+/// however many it names); returns how many lines it acted on. Lines that do not parse are
+/// ignored (a wake-up is only a hint, and nothing here trusts its sender: ending a poll needs
+/// its id, which only the store's member record holds).
 pub(crate) fn deliver(wakeups: &Wakeups, payload: &str) -> usize {
     crate::metrics::wakeup_received();
-    let mut woken = 0;
+    let mut acted = 0;
     for line in payload.lines() {
-        let Some((room, peer)) = line.split_once(' ') else {
+        let mut words = line.split(' ');
+        let (Some(room), Some(peer)) = (words.next(), words.next()) else {
             continue;
         };
-        if let (Ok(room), Ok(peer)) = (RoomId::parse(room), PeerId::parse(peer)) {
-            wakeups.wake(&room, [&peer]);
-            woken += 1;
+        let (Ok(room), Ok(peer)) = (RoomId::parse(room), PeerId::parse(peer)) else {
+            continue;
+        };
+        match (words.next(), words.next()) {
+            (None, _) => {
+                wakeups.wake(&room, [&peer]);
+                acted += 1;
+            }
+            (Some(poll), None) if !poll.is_empty() => {
+                wakeups.polls().supersede(&room, &peer, poll);
+                acted += 1;
+            }
+            _ => {}
         }
     }
-    woken
+    acted
 }
 
 #[cfg(test)]
@@ -177,19 +195,28 @@ mod tests {
     fn payloads_group_by_address_and_skip_our_own() {
         let room = RoomId::parse("r").expect("valid");
         let (a, b, c) = (PeerId::mint(), PeerId::mint(), PeerId::mint());
-        let bell = |peer: &PeerId, address: &str| Doorbell {
-            peer: peer.clone(),
-            address: address.into(),
-        };
+        let bell = |peer: &PeerId, address: &str| Doorbell::wake(peer.clone(), address.into());
+        let ends = Doorbell::supersede(c.clone(), "x".into(), "p1".into());
         let payloads = payloads(
             &room,
-            &[bell(&a, "x"), bell(&b, "x"), bell(&a, "x"), bell(&c, "me")],
+            &[
+                bell(&a, "x"),
+                bell(&b, "x"),
+                bell(&a, "x"),
+                bell(&c, "me"),
+                ends,
+            ],
             Some("me"),
         );
         assert_eq!(payloads.len(), 1);
-        assert_eq!(payloads["x"], format!("r {a}\nr {b}\n"));
+        assert_eq!(payloads["x"], format!("r {a}\nr {b}\nr {c} p1\n"));
         let wakeups = Wakeups::default();
-        assert_eq!(deliver(&wakeups, &payloads["x"]), 2);
-        assert_eq!(deliver(&wakeups, "garbage\nr not/a/peer\n"), 0);
+        let held = wakeups.polls().take(&room, &c, "p1");
+        assert_eq!(deliver(&wakeups, &payloads["x"]), 3);
+        drop(held);
+        assert_eq!(
+            deliver(&wakeups, "garbage\nr not/a/peer\nr a p1 extra\nr a \n"),
+            0
+        );
     }
 }

@@ -434,10 +434,7 @@ mod tests {
         let room = RoomId::parse("deleted").expect("valid");
         let peer = PeerId::mint();
         let subscription = poller_wakeups.subscribe(&room, &peer);
-        let doorbell = Doorbell {
-            peer: peer.clone(),
-            address: listening.address.to_string(),
-        };
+        let doorbell = Doorbell::wake(peer.clone(), listening.address.to_string());
         // Ring until a doorbell gets through: the first ones go to a queue that is gone
         // and must neither fail nor hang. A receive already waiting when the queue was
         // deleted may hold its whole RECEIVE_WAIT_SECONDS before it fails and the receiver

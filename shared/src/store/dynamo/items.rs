@@ -111,12 +111,28 @@ pub(super) fn doorbells(members: &[MemberItem], peers: &[PeerId]) -> Vec<crate::
         .iter()
         .filter(|member| peers.contains(&member.peer))
         .filter_map(|member| {
-            Some(crate::store::Doorbell {
-                peer: member.peer.clone(),
-                address: member.waits_at.clone()?,
-            })
+            Some(crate::store::Doorbell::wake(
+                member.peer.clone(),
+                member.waits_at.clone()?,
+            ))
         })
         .collect()
+}
+
+/// The poll a member item records (`pollId`, `waitsAt`, `pollUntil`), if it records one:
+/// items written before polls had ids have none.
+pub(super) fn poll_record(item: &Item) -> Result<Option<crate::store::PollRecord>, StoreError> {
+    let (Some(poll), Some(address)) = (
+        get_opt_s(item, member::POLL_ID)?,
+        get_opt_s(item, member::WAITS_AT)?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::store::PollRecord {
+        poll: poll.to_owned(),
+        address: address.to_owned(),
+        until: get_n(item, member::POLL_UNTIL)?,
+    }))
 }
 
 /// Attributes of the room item besides its version token and expiry.
@@ -185,6 +201,11 @@ pub(super) mod member {
     pub const LAST_SEQ_AT: &str = "lastSeqAt";
     pub const ACKED_SEQ: &str = "ackedSeq";
     pub const WAITS_AT: &str = "waitsAt";
+    /// The latest poll's id and when its wait ends (Unix ms), recorded with `waitsAt`: a
+    /// newer poll learns of it from the same update (see [`crate::store::PollRecord`]).
+    /// Items from before have neither, and read as "no earlier poll".
+    pub const POLL_ID: &str = "pollId";
+    pub const POLL_UNTIL: &str = "pollUntil";
     /// The flood limit: when the member's window opened, and its posts in it.
     pub const RATE_WINDOW: &str = "rateWindow";
     pub const RATE_COUNT: &str = "rateCount";

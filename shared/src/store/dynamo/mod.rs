@@ -122,7 +122,7 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use self::items::{Item, key, s};
 use super::{
     Departures, InboxRead, JoinRequest, Joined, PostRequest, Posted, Presence, ReadLimit, Seq,
-    Store, StoreError, Timing,
+    Store, StoreError, Timing, Waiting,
 };
 use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
@@ -417,9 +417,9 @@ impl Store for DynamoStore {
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError> {
-        self.touch_member(room, peer, acked, now, waits_at).await
+        self.touch_member(room, peer, acked, now, waiting).await
     }
 
     async fn read(

@@ -18,7 +18,7 @@ use crate::clock::Millis;
 use crate::ids::{PeerId, RoomId};
 use crate::message::{LeaveReason, MessageKind, peer_joined_data};
 use crate::store::{
-    Departures, JoinRequest, Joined, Member, Presence, Seq, SpentPosts, StoreError, Timing,
+    Departures, JoinRequest, Joined, Member, Presence, Seq, SpentPosts, StoreError, Timing, Waiting,
 };
 
 impl DynamoStore {
@@ -303,19 +303,21 @@ impl DynamoStore {
         ))
     }
 
-    /// A poll's presence (`Store::touch`): keeps the member present, acknowledges what it read.
+    /// A poll's presence (`Store::touch`): keeps the member present, acknowledges what it read,
+    /// and records the waiting poll, returning the one it replaced.
     pub(super) async fn touch_member(
         &self,
         room: &RoomId,
         peer: &PeerId,
         acked: Seq,
         now: Millis,
-        waits_at: Option<&str>,
+        waiting: Option<Waiting<'_>>,
     ) -> Result<Presence, StoreError> {
-        // Recording where the poll waits rides on the update every poll makes anyway.
-        let present = match waits_at {
+        // Recording where the poll waits, and which poll it is, rides on the update every
+        // poll makes anyway; the item as it was before (`ALL_OLD`) holds the poll it replaces.
+        let present = match waiting {
             Some(_) => {
-                "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds, waitsAt = :waitsAt"
+                "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds, waitsAt = :waitsAt, pollId = :pollId, pollUntil = :pollUntil"
             }
             None => {
                 "SET lastSeen = :now, expiresAtMs = :now + lifeMs, expiresAt = :nowSeconds + lifeSeconds"
@@ -334,9 +336,12 @@ impl DynamoStore {
                 .condition_expression(condition)
                 .expression_attribute_values(":now", n(now))
                 .expression_attribute_values(":nowSeconds", n(ttl_seconds(now)))
-                .return_values(ReturnValue::AllNew);
-            match waits_at {
-                Some(address) => request.expression_attribute_values(":waitsAt", s(address)),
+                .return_values(ReturnValue::AllOld);
+            match waiting {
+                Some(waiting) => request
+                    .expression_attribute_values(":waitsAt", s(waiting.address))
+                    .expression_attribute_values(":pollId", s(waiting.poll))
+                    .expression_attribute_values(":pollUntil", n(waiting.until)),
                 None => request,
             }
         };
@@ -349,11 +354,11 @@ impl DynamoStore {
         .expression_attribute_values(":acked", n(acked))
         .send()
         .await;
-        let output = match usual {
-            Ok(output) => output,
+        let (output, acknowledged) = match usual {
+            Ok(output) => (output, true),
             Err(error) if condition_failed(&error) => {
                 match update(present.to_owned(), ALIVE.to_owned()).send().await {
-                    Ok(output) => output,
+                    Ok(output) => (output, false),
                     Err(error) if condition_failed(&error) => return Err(StoreError::PeerGone),
                     Err(error) => return Err(unavailable(error)),
                 }
@@ -363,7 +368,16 @@ impl DynamoStore {
         let item = output.attributes.unwrap_or_default();
         let head: Seq = get_n(&item, member::LAST_SEQ)?;
         let last_activity: Millis = get_n(&item, member::LAST_SEQ_AT)?;
-        let stored: Seq = get_n(&item, member::ACKED_SEQ)?;
+        // The update leaves the head alone, so the old item's is the head after it too.
+        let stored: Seq = if acknowledged {
+            acked
+        } else {
+            get_n(&item, member::ACKED_SEQ)?
+        };
+        let previous = match waiting {
+            Some(_) => items::poll_record(&item)?,
+            None => None,
+        };
         // A cursor beyond the head acknowledges the head.
         let target = acked.min(head);
         if target > stored {
@@ -387,6 +401,7 @@ impl DynamoStore {
         Ok(Presence {
             head,
             last_activity,
+            previous,
         })
     }
 

@@ -23,7 +23,7 @@ const JOURNAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
 /// One step per version: `MIGRATIONS[n]` brings a file from version `n` to `n + 1`. Append
 /// new steps; never edit a released one.
 const MIGRATIONS: &[fn(&Transaction<'_>) -> rusqlite::Result<()>] =
-    &[baseline, leases, wake_addresses, room_limits];
+    &[baseline, leases, wake_addresses, room_limits, poll_ids];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -129,6 +129,16 @@ fn room_limits(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
          CREATE INDEX rooms_expires_at ON rooms (expires_at);
          ALTER TABLE members ADD COLUMN last_activity INTEGER NOT NULL DEFAULT 0;
          UPDATE members SET last_activity = last_seen;",
+    )
+}
+
+/// Version 5: the latest poll's id and when its wait ends, beside where it waits, so that a
+/// newer poll of the peer learns of it in the presence update and ends it in whichever
+/// process it waits (one waiting poll per peer). Rows from before have none: no older poll.
+fn poll_ids(transaction: &Transaction<'_>) -> rusqlite::Result<()> {
+    transaction.execute_batch(
+        "ALTER TABLE members ADD COLUMN poll_id TEXT;
+         ALTER TABLE members ADD COLUMN poll_until INTEGER NOT NULL DEFAULT 0;",
     )
 }
 

@@ -117,6 +117,23 @@ async fn opens_a_file_from_before_the_rate_limit_columns_and_versioning() {
     join(&store, &room, &bob).await;
     post_one(&store, &room, &alice, Some(&bob), "counted").await;
     store.health().await.expect("the new tables are there");
+    // The poll-record columns (version 5) are there: a poll learns the one it replaced.
+    let now = timing(0).now;
+    for (poll, previous) in [("p1", None), ("p2", Some("p1"))] {
+        let waiting = crate::store::Waiting {
+            address: "here",
+            poll,
+            until: now + 20_000,
+        };
+        let presence = store
+            .touch_waiting(&room, &bob, 0, now, Some(waiting))
+            .await
+            .expect("a poll on the migrated file");
+        assert_eq!(
+            presence.previous.map(|record| record.poll),
+            previous.map(str::to_owned)
+        );
+    }
 }
 
 #[test]
