@@ -14,6 +14,13 @@
 //! future ends with that post), so the flush never adds to a request's latency, and before
 //! the runtime asks for the next event (when Lambda may freeze the environment). The request
 //! log's id is the invocation's request id.
+//!
+//! The poll function, the only one that waits and so the only one with a wake-up queue,
+//! registers a no-op internal extension ([`extension`]) so that Lambda sends it SIGTERM
+//! before ending the environment; it then deletes its queue and exits
+//! ([`give_back_on_shutdown`]).
+
+mod extension;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -75,13 +82,17 @@ pub async fn run(function: Function) -> ExitCode {
     let name = function.name();
     // Before anything records a metric.
     let emf = Emf::install(name);
-    let router = match start(function).await {
-        Ok(router) => router,
+    let (router, signalling) = match start(function).await {
+        Ok(started) => started,
         Err(message) => {
             eprintln!("signalpost {name}: cannot start: {message}");
             return ExitCode::FAILURE;
         }
     };
+    if holds_a_wakeup_queue(function) {
+        // During Init: Lambda takes extensions only before the runtime's first `next`.
+        give_back_on_shutdown(signalling).await;
+    }
     // Sequential with AWS_LAMBDA_MAX_CONCURRENCY unset or 1 (classic Lambda); that many
     // concurrent invocations in this one process above 1 (Lambda Managed Instances). The
     // router, its Signalling and the store are built once above and shared by every
@@ -183,8 +194,44 @@ where
     }
 }
 
-/// Everything done once per sandbox: configuration, store and router.
-async fn start(function: Function) -> Result<axum::Router, String> {
+/// Whether the function's process ever creates a wake-up queue (or socket): only polls listen
+/// for wake-ups ([`crate::wakeup::Wakeup::listen`]); the other functions only ring.
+fn holds_a_wakeup_queue(function: Function) -> bool {
+    matches!(function, Function::Poll)
+}
+
+/// On SIGTERM or SIGINT, ends the waiting polls, gives back the wake-up queue (within
+/// [`crate::wakeup::CLOSE_BUDGET`], inside the 500 ms Lambda allows after SIGTERM) and exits 0.
+/// Lambda sends SIGTERM only with an extension registered, so this registers one; when that
+/// fails the function serves all the same, and its queue is left behind when the environment
+/// ends (SQS deletes a queue unused for 30 days). The signal is handled either way, as it
+/// costs nothing and covers whoever else sends it (`cargo lambda watch` stopping).
+async fn give_back_on_shutdown(signalling: Arc<Signalling>) {
+    // Listening before registering: from registration on, Lambda may signal.
+    let requested = crate::shutdown::requested();
+    tokio::spawn(async move {
+        requested.await;
+        tracing::info!("shutting down: giving back the wake-up queue");
+        signalling.begin_shutdown();
+        signalling.close().await;
+        std::process::exit(0);
+    });
+    let runtime_api = std::env::var("AWS_LAMBDA_RUNTIME_API").unwrap_or_default();
+    match extension::register(&runtime_api).await {
+        Ok(()) => tracing::debug!(
+            extension = extension::NAME,
+            "registered: Lambda signals before shutting down"
+        ),
+        Err(reason) => tracing::warn!(
+            %reason,
+            "cannot register the graceful-shutdown extension: serving without it, so this environment's wake-up queue is left behind when it ends"
+        ),
+    }
+}
+
+/// Everything done once per sandbox: configuration, store, the signalling service and the
+/// router over it.
+async fn start(function: Function) -> Result<(axum::Router, Arc<Signalling>), String> {
     let missing: Vec<&str> = RUNTIME_VARS
         .into_iter()
         .filter(|name| std::env::var_os(name).is_none())
@@ -247,7 +294,7 @@ async fn start(function: Function) -> Result<axum::Router, String> {
         // does this.)
         drop(signalling.spawn_housekeeping());
     }
-    Ok(api_router(signalling, &[function]))
+    Ok((api_router(Arc::clone(&signalling), &[function]), signalling))
 }
 
 /// Fetches every secret of [`SECRETS`] given by ARN only (its value variable unset or empty:

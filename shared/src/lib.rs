@@ -20,6 +20,7 @@ pub mod message;
 pub mod metrics;
 pub mod poll_slots;
 pub mod proxy;
+pub mod shutdown;
 pub mod signalling;
 pub mod store;
 pub mod token;

@@ -5,7 +5,8 @@
 
 For each function it starts the binary with AWS_LAMBDA_RUNTIME_API pointing at a stub served
 here on 127.0.0.1 (GET .../invocation/next hands out one API Gateway v2 event, then holds;
-POST .../response records the answer) and measures, from exec:
+POST .../response records the answer; the Extensions API takes the poll function's
+graceful-shutdown extension, as Lambda does) and measures, from exec:
   - ready: the first GET /2018-06-01/runtime/invocation/next (init done: config, store, router);
   - first response: the POST of the response to the first event — GET /v1/health on
     ice-servers, a join on join; the other functions get GET /v1/health too, which they answer
@@ -58,11 +59,64 @@ def event(function):
     }
 
 
+class ExtensionsApi:
+    """The two Extensions API endpoints a function's internal extension uses, as Lambda answers
+    them: POST .../extension/register (answered with an identifier, or with
+    `register_status` when that is not 200, or never when it is None), and
+    GET .../extension/event/next, held until close() (an extension subscribed to no events
+    gets none). A base path before /2020-01-01 (as under `cargo lambda watch`) is accepted."""
+
+    def __init__(self, register_status=200):
+        self.register_status = register_status
+        self.registrations = []  # (Lambda-Extension-Name, body) of each register request
+        self.waiting = threading.Event()  # an event/next was asked for
+        self.closed = threading.Event()
+
+    def handle(self, handler):
+        """Answers `handler`'s request if it is for the Extensions API; False otherwise."""
+        path = handler.path
+        if "/2020-01-01/extension/" not in path:
+            return False
+        if handler.command == "POST" and path.endswith("/extension/register"):
+            length = int(handler.headers.get("Content-Length") or 0)
+            body = handler.rfile.read(length).decode(errors="replace")
+            self.registrations.append((handler.headers.get("Lambda-Extension-Name"), body))
+            if self.register_status is None:
+                self.closed.wait(60)
+                return True
+            handler.send_response(self.register_status)
+            if self.register_status == 200:
+                handler.send_header("Lambda-Extension-Identifier", f"ext-{len(self.registrations)}")
+            handler.send_header("Content-Type", "application/json")
+            reply = b'{"functionName":"stub","functionVersion":"$LATEST","handler":"bootstrap"}'
+            handler.send_header("Content-Length", str(len(reply)))
+            handler.end_headers()
+            handler.wfile.write(reply)
+            return True
+        if handler.command == "GET" and path.endswith("/extension/event/next"):
+            if not handler.headers.get("Lambda-Extension-Identifier"):
+                handler.send_response(403)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return True
+            self.waiting.set()
+            self.closed.wait(600)
+            return True
+        handler.send_response(404)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return True
+
+    def close(self):
+        self.closed.set()
+
+
 class Stub:
     """One run's Runtime API: the first /next gets the event, later ones wait for the end."""
 
     def __init__(self, payload):
         self.payload = json.dumps(payload).encode()
+        self.extensions = ExtensionsApi()
         self.next_at = None
         self.response_at = None
         self.response = None
@@ -76,6 +130,8 @@ class Stub:
                 pass
 
             def do_GET(self):
+                if stub.extensions.handle(self):
+                    return
                 if self.path.endswith("/runtime/invocation/next"):
                     stub.nexts += 1
                     if stub.nexts == 1:
@@ -99,6 +155,8 @@ class Stub:
                     self.end_headers()
 
             def do_POST(self):
+                if stub.extensions.handle(self):
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 if self.path.endswith("/response"):
@@ -122,6 +180,7 @@ class Stub:
 
     def close(self):
         self.done.set()
+        self.extensions.close()
         self.server.shutdown()
 
 

@@ -33,7 +33,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cold_start import event  # noqa: E402
+from cold_start import ExtensionsApi, event  # noqa: E402
 
 SECRET = "concurrent-polls-secret-of-at-least-32-bytes"
 LATE_SLACK_S = 4.0  # a loaded 2-core machine: how late past its wait an empty poll may end
@@ -56,7 +56,9 @@ def rss_kb(pid, field="VmRSS"):
 class Runtime:
     """A Runtime API that hands out queued events to however many workers ask for them."""
 
-    def __init__(self):
+    def __init__(self, extensions=None):
+        # The poll function registers its graceful-shutdown extension at start-up.
+        self.extensions = extensions or ExtensionsApi()
         self.events = queue.Queue()
         self.handed = {}  # request id -> perf_counter when handed out
         self.answers = {}  # request id -> (perf_counter, response document)
@@ -71,6 +73,8 @@ class Runtime:
                 pass
 
             def do_GET(self):
+                if runtime.extensions.handle(self):
+                    return
                 if not self.path.endswith("/runtime/invocation/next"):
                     self.send_response(404)
                     self.end_headers()
@@ -90,6 +94,8 @@ class Runtime:
                 self.wfile.write(body)
 
             def do_POST(self):
+                if runtime.extensions.handle(self):
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 request_id = self.path.split("/")[-2]
@@ -297,6 +303,7 @@ def main():
             if process is not None:
                 process.kill()
                 process.wait()
+        runtime.extensions.close()
         runtime.server.shutdown()
 
 

@@ -159,6 +159,8 @@ for store in "${stores[@]}"; do
         done
         export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$(cat "$records/recorder.port")"
         smoke "DynamoDB" "$AWS_ENDPOINT_URL_DYNAMODB"
+        section "the poll function gives its wake-up queue back on SIGTERM (Lambda's shutdown)"
+        "$target/venv-moto/bin/python" tests/watch/graceful_shutdown.py "$target/debug"
         suite "DynamoDB"
         kill "$recorder_pid"
         recorder_pid=""

@@ -170,6 +170,9 @@ async fn serve(config: Config) -> Result<(), String> {
 
     let housekeeping = signalling.spawn_housekeeping();
 
+    // Listening from before the first line, so that a stop asked for as soon as it shows is
+    // graceful too.
+    let requested = signalpost_shared::shutdown::requested();
     // Tests and scripts wait for the first line, and the browser tests open the second one's
     // URL; both go to stdout, unlike the logs.
     println!("signalpost listening on {scheme}://{address}");
@@ -189,7 +192,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let shutdown = {
         let signalling = Arc::clone(&signalling);
         async move {
-            shutdown_signal().await;
+            requested.await;
             tracing::info!("shutting down: ending long polls, finishing requests in flight");
             signalling.begin_shutdown();
         }
@@ -199,25 +202,4 @@ async fn serve(config: Config) -> Result<(), String> {
     // Its wake-up socket or queue goes with it.
     signalling.close().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }

@@ -46,7 +46,7 @@ pub const RING_BUDGET: std::time::Duration = std::time::Duration::from_millis(50
 
 /// How long giving the adapter's queue or socket back may take at shutdown: a stalled
 /// wake-up service must not hold a graceful shutdown. It also fits Lambda's SHUTDOWN phase
-/// (500 ms with an internal extension registered), should functions call it there.
+/// (500 ms with an internal extension registered), where the poll function calls it (`crate::lambda`).
 pub const CLOSE_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Carries wake-ups to polls waiting in other processes. Received wake-ups go to the

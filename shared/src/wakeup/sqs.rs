@@ -16,10 +16,10 @@
 //!   created again by the receiver; a failing send is logged and forgotten. Either way the
 //!   polls' fallback reads deliver.
 //! - **Shutdown:** [`Wakeup::close`] deletes the queue, and from then on nothing creates it
-//!   again. The standalone server calls it on a graceful shutdown. A Lambda environment does
-//!   not yet (the runtime's graceful-shutdown hook brings the `lambda-extension` crate, which
-//!   took every function from 7.91 to 8.19 MB, over the 8 MB target): its queue is left
-//!   behind, and SQS deletes a queue unused for 30 days.
+//!   again. The standalone server calls it on a graceful shutdown, and the poll function on
+//!   the SIGTERM Lambda sends before ending its environment (`crate::lambda`). Where neither
+//!   happens (a kill, a failed extension registration) the queue is left behind, and SQS
+//!   deletes a queue unused for 30 days.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
