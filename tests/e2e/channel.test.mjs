@@ -43,16 +43,22 @@ test("messages that arrive before the first listener are still delivered", async
   }
 });
 
+/** Alice and Bob in `room`, each quietly joined; `posts` collects the bodies of Bob's POSTs. */
+async function bobPostingToAlice(context, room) {
+  const alice = await libraryPage(context, server.url);
+  const bob = await libraryPage(context, server.url);
+  const alicePeer = await joinQuietly(alice, server.url, room, "alice");
+  await joinQuietly(bob, server.url, room, "bob");
+  const posts = [];
+  bob.on("request", (r) => { if (r.method() === "POST" && r.url().endsWith("/messages")) posts.push(JSON.parse(r.postData())); });
+  return { bob, alicePeer, posts };
+}
+
 test("candidates sent in quick succession share one batch request", async () => {
   const room = freshRoom("batch");
   const context = await browser.newContext();
   try {
-    const alice = await libraryPage(context, server.url);
-    const bob = await libraryPage(context, server.url);
-    const alicePeer = await joinQuietly(alice, server.url, room, "alice");
-    await joinQuietly(bob, server.url, room, "bob");
-    const posts = [];
-    bob.on("request", (r) => { if (r.method() === "POST" && r.url().endsWith("/messages")) posts.push(JSON.parse(r.postData())); });
+    const { bob, alicePeer, posts } = await bobPostingToAlice(context, room);
     const ids = await bob.evaluate((to) => Promise.all(Array.from({ length: 60 }, (_, i) => window.channel.send({
       to, type: "candidate",
       data: { candidate: `candidate:${i} 1 udp 2122260223 127.0.0.1 ${50000 + i} typ host`, sdpMid: "0", sdpMLineIndex: 0 },
@@ -72,12 +78,7 @@ test("an offer waits for the burst of candidates that follows it and shares thei
   const room = freshRoom("burst");
   const context = await browser.newContext();
   try {
-    const alice = await libraryPage(context, server.url);
-    const bob = await libraryPage(context, server.url);
-    const alicePeer = await joinQuietly(alice, server.url, room, "alice");
-    await joinQuietly(bob, server.url, room, "bob");
-    const posts = [];
-    bob.on("request", (r) => { if (r.method() === "POST" && r.url().endsWith("/messages")) posts.push(JSON.parse(r.postData())); });
+    const { bob, alicePeer, posts } = await bobPostingToAlice(context, room);
     // As setLocalDescription and gathering do: the offer, then a candidate every millisecond
     // (timers run in due order, so a busy page cannot let the 5 ms pause pass in between).
     await bob.evaluate(async (to) => {
