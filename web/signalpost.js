@@ -7,6 +7,12 @@ const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_BATCH = 50;
 // Candidates trickle out in bursts; a short pause lets a burst share one POST.
 const CANDIDATE_BATCH_DELAY_MS = 15;
+// An offer or answer waits for the burst of candidates that follows it (Chromium's host
+// candidates come 1–7 ms after setLocalDescription) and goes out in the same POST, so the
+// other side gets both in one poll response instead of polling again for the candidates:
+// until no candidate came for this long, at most CANDIDATE_BATCH_DELAY_MS after it.
+const CANDIDATE_BURST_GAP_MS = 5;
+const DESCRIPTION_TYPES = new Set(["offer", "answer"]);
 const BACKOFF_BASE_MS = 250;
 const BACKOFF_MAX_MS = 10_000;
 const SEND_MAX_ATTEMPTS = 8;
@@ -271,6 +277,8 @@ export class SignalingChannel extends EventTarget {
   #live = new Set(); #flushing = new Set();
   #onmessageFn = null;
   #outbox = []; #flushTimer = null; #sending = false;
+  /** While a queued offer or answer waits for its candidates: the latest it may go (ms). */
+  #burstDeadline = null;
   #msgCounter = 0; #clientPrefix = randomId(8);
   #abort = new AbortController();
   /** The open long poll's controller: a rejoin aborts it, its answer is the old inbox's. */
@@ -344,7 +352,8 @@ export class SignalingChannel extends EventTarget {
 
   /**
    * Post one message `{to, type, data, id?}`; resolves with the server's id. Messages are
-   * posted in call order; candidates sent close together share one batch request. An `id`
+   * posted in call order; candidates sent close together share one batch request, and an
+   * offer or answer waits a few milliseconds for the candidates that follow it. An `id`
    * is added when missing so that retries are idempotent. A message belongs to the peer id
    * the channel has when `send` is called: if the channel rejoins before it is posted, it
    * is rejected with code `rejoined` rather than sent under the new id.
@@ -356,7 +365,7 @@ export class SignalingChannel extends EventTarget {
     else if (!ID_RE.test(msg.id)) return Promise.reject(new TypeError("signalpost: bad message id"));
     return new Promise((resolve, reject) => {
       this.#outbox.push({ msg, session: this.#session, resolve, reject });
-      this.#scheduleFlush(msg.type === "candidate" ? CANDIDATE_BATCH_DELAY_MS : 0);
+      this.#queued(msg.type);
     });
   }
 
@@ -625,19 +634,35 @@ export class SignalingChannel extends EventTarget {
 
   // ---- sending ----
 
+  /** When to post what was just queued: see CANDIDATE_BATCH_DELAY_MS and CANDIDATE_BURST_GAP_MS. */
+  #queued(type) {
+    const now = Date.now();
+    if (DESCRIPTION_TYPES.has(type)) this.#burstDeadline = now + CANDIDATE_BATCH_DELAY_MS;
+    if (this.#burstDeadline !== null && (type === "candidate" || DESCRIPTION_TYPES.has(type))) {
+      this.#armFlush(Math.min(CANDIDATE_BURST_GAP_MS, this.#burstDeadline - now));
+    } else {
+      this.#scheduleFlush(type === "candidate" ? CANDIDATE_BATCH_DELAY_MS : 0);
+    }
+  }
+
   #scheduleFlush(delay) {
     if (this.#sending) return; // the running flush picks the queue up when it finishes
-    if (this.#flushTimer !== null) {
-      if (delay > 0) return;
-      clearTimeout(this.#flushTimer);
-    }
-    this.#flushTimer = setTimeout(() => { this.#flushTimer = null; this.#flush(); }, delay);
+    if (this.#flushTimer !== null && delay > 0) return;
+    this.#armFlush(delay);
+  }
+
+  /** Posts the queue in `delay` ms, whatever an earlier timer said. */
+  #armFlush(delay) {
+    if (this.#sending) return;
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = setTimeout(() => { this.#flushTimer = null; this.#flush(); }, Math.max(0, delay));
   }
 
   /** One POST in flight at a time keeps the server's view of our order equal to call order. */
   async #flush() {
     if (this.#sending) return;
     this.#sending = true;
+    this.#burstDeadline = null;
     try {
       while (this.#outbox.length && !this.#closed) {
         // Everything queued now belongs to the identity being replaced: wait, then drop it.
@@ -648,6 +673,8 @@ export class SignalingChannel extends EventTarget {
       }
     } finally {
       this.#sending = false;
+      // A description queued during the posts went with them: nothing waits for a burst.
+      this.#burstDeadline = null;
     }
   }
 

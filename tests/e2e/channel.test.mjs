@@ -1,4 +1,5 @@
-// SignalingChannel on its own (no WebRTC): late listeners, batching of trickled candidates,
+// SignalingChannel on its own (no WebRTC): late listeners, batching of trickled candidates
+// (and of an offer or answer with the candidates right behind it),
 // and retries against injected 429 / 503 / network failures with exactly-once delivery.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -42,16 +43,22 @@ test("messages that arrive before the first listener are still delivered", async
   }
 });
 
+/** Alice and Bob in `room`, each quietly joined; `posts` collects the bodies of Bob's POSTs. */
+async function bobPostingToAlice(context, room) {
+  const alice = await libraryPage(context, server.url);
+  const bob = await libraryPage(context, server.url);
+  const alicePeer = await joinQuietly(alice, server.url, room, "alice");
+  await joinQuietly(bob, server.url, room, "bob");
+  const posts = [];
+  bob.on("request", (r) => { if (r.method() === "POST" && r.url().endsWith("/messages")) posts.push(JSON.parse(r.postData())); });
+  return { bob, alicePeer, posts };
+}
+
 test("candidates sent in quick succession share one batch request", async () => {
   const room = freshRoom("batch");
   const context = await browser.newContext();
   try {
-    const alice = await libraryPage(context, server.url);
-    const bob = await libraryPage(context, server.url);
-    const alicePeer = await joinQuietly(alice, server.url, room, "alice");
-    await joinQuietly(bob, server.url, room, "bob");
-    const posts = [];
-    bob.on("request", (r) => { if (r.method() === "POST" && r.url().endsWith("/messages")) posts.push(JSON.parse(r.postData())); });
+    const { bob, alicePeer, posts } = await bobPostingToAlice(context, room);
     const ids = await bob.evaluate((to) => Promise.all(Array.from({ length: 60 }, (_, i) => window.channel.send({
       to, type: "candidate",
       data: { candidate: `candidate:${i} 1 udp 2122260223 127.0.0.1 ${50000 + i} typ host`, sdpMid: "0", sdpMLineIndex: 0 },
@@ -62,6 +69,33 @@ test("candidates sent in quick succession share one batch request", async () => 
     for (const body of posts) assert.ok(body.messages === undefined || body.messages.length <= 50);
     assert.ok(posts.some((b) => b.messages?.length === 50));
     for (const body of posts) for (const m of body.messages ?? [body]) assert.match(m.id, /^[A-Za-z0-9_-]{1,64}$/);
+  } finally {
+    await closeContext(context);
+  }
+});
+
+test("an offer waits for the burst of candidates that follows it and shares their request", async () => {
+  const room = freshRoom("burst");
+  const context = await browser.newContext();
+  try {
+    const { bob, alicePeer, posts } = await bobPostingToAlice(context, room);
+    // As setLocalDescription and gathering do: the offer, then a candidate every millisecond
+    // (timers run in due order, so a busy page cannot let the 5 ms pause pass in between).
+    await bob.evaluate(async (to) => {
+      const sent = [window.channel.send({ to, type: "offer", data: { type: "offer", sdp: "v=0\r\n" } })];
+      for (let i = 0; i < 4; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        sent.push(window.channel.send({
+          to, type: "candidate",
+          data: { candidate: `candidate:${i} 1 udp 2122260223 127.0.0.1 ${50000 + i} typ host`, sdpMid: "0", sdpMLineIndex: 0 },
+        }));
+      }
+      await Promise.all(sent);
+      // Then an answer that no candidate follows: it goes alone, after its pause.
+      await window.channel.send({ to, type: "answer", data: { type: "answer", sdp: "v=0\r\n" } });
+    }, alicePeer);
+    const bodies = posts.map((b) => (b.messages ?? [b]).map((m) => m.type));
+    assert.deepEqual(bodies, [["offer", "candidate", "candidate", "candidate", "candidate"], ["answer"]]);
   } finally {
     await closeContext(context);
   }

@@ -18,6 +18,8 @@
 //            tests/ensure-cargo-lambda.sh); the pages then come from a standalone server and
 //            send the API cross-origin to the watch port. `*-dynamodb` needs the variables
 //            tests/with-moto.sh sets (DynamoDB and SQS endpoints), and makes a table per shape.
+//            A shape may end in `@<dir>`: its pages (and so signalpost.js) come from that
+//            directory instead of web/, e.g. another version of the client to compare.
 //   RUNS     measured runs per shape (default 10), after WARMUP unmeasured ones (default 1:
 //            under watch a function's first call starts its process).
 //   ALONE_MS how long the callee waits alone before the caller joins (default 10000).
@@ -52,25 +54,26 @@ function createTable(label) {
  * `pageBase` and send the API to `apiBase`.
  */
 async function startShape(shape) {
-  const match = /^(standalone|watch)-(sqlite|dynamodb)(-nowake)?(-xorigin)?$/.exec(shape);
+  const match = /^(standalone|watch)-(sqlite|dynamodb)(-nowake)?(-xorigin)?(?:@(.+))?$/.exec(shape);
   if (!match) throw new Error(`unknown shape ${shape}`);
-  const [, kind, store, nowake, xorigin] = match;
+  const [, kind, store, nowake, xorigin, webDir] = match;
   const env = {};
+  const pagesEnv = webDir ? { SIGNALPOST_WEB_DIR: webDir } : {};
   if (nowake) env.SIGNALPOST_WAKEUPS = "false";
-  if (store === "dynamodb") env.SIGNALPOST_TABLE = createTable(shape);
+  if (store === "dynamodb") env.SIGNALPOST_TABLE = createTable(shape.replace(/@.*/, ""));
   if (kind === "standalone" && !xorigin) {
-    const server = await startServer(env);
+    const server = await startServer({ ...env, ...pagesEnv });
     return { pageBase: server.url, apiBase: server.url, log: server.log, stop: () => server.stop() };
   }
   if (kind === "standalone") {
     // As under watch: pages from another origin, so every new request URL costs a preflight.
-    const [pages, server] = await Promise.all([startServer(), startServer(env)]);
+    const [pages, server] = await Promise.all([startServer(pagesEnv), startServer(env)]);
     return {
       pageBase: pages.url, apiBase: server.url, log: server.log, stop: () => Promise.all([pages.stop(), server.stop()]),
     };
   }
   // The page host is a standalone server on SQLite of its own; the call never touches it.
-  const [pages, watch] = await Promise.all([startServer(), startWatch(env)]);
+  const [pages, watch] = await Promise.all([startServer(pagesEnv), startWatch(env)]);
   return {
     pageBase: pages.url,
     apiBase: watch.url,
@@ -190,7 +193,9 @@ console.log(`\njoin → both connected, callee alone ${ALONE_MS / 1000} s, ${RUN
 console.log("| shape | median ms | min ms | max ms | median / standalone on that store |");
 console.log("|---|---:|---:|---:|---:|");
 for (const r of results) {
-  const base = results.find((b) => b.shape === r.shape.replace(/^watch-/, "standalone-").replace(/(-nowake)?(-xorigin)?$/, ""));
+  const [name, webDir] = r.shape.split("@");
+  const baseName = name.replace(/^watch-/, "standalone-").replace(/(-nowake)?(-xorigin)?$/, "");
+  const base = results.find((b) => b.shape === (webDir ? `${baseName}@${webDir}` : baseName));
   const ratio = base ? `${(r.median / base.median).toFixed(2)}×` : "";
   console.log(`| ${r.shape} | ${r.median.toFixed(0)} | ${r.min.toFixed(0)} | ${r.max.toFixed(0)} | ${ratio} |`);
 }
