@@ -166,6 +166,27 @@ def wait_for(predicate, seconds, what):
     raise SystemExit(f"FAIL: {what() if callable(what) else what} (waited {seconds} s)")
 
 
+def start_standalone(target_dir, env):
+    """Starts the standalone server with `env` on a free loopback port; returns the process and
+    its base URL. Call wait_until_healthy inside the caller's try, so that a server that never
+    answers is still stopped."""
+    port = free_port()
+    server = subprocess.Popen([os.path.join(target_dir, "signalpost")],
+                              env={**env, "SIGNALPOST_LISTEN": f"127.0.0.1:{port}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def wait_until_healthy(base):
+    def healthy():
+        try:
+            return call(base, "GET", "/v1/health")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, 60, "the standalone server did not start")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target_dir")
@@ -190,11 +211,7 @@ def main():
         "SIGNALPOST_MAX_CLIENT_CONNECTIONS": "100000",
         "RUST_LOG": "warn",
     })
-    port = free_port()
-    server = subprocess.Popen(
-        [os.path.join(args.target_dir, "signalpost")],
-        env={**base_env, "SIGNALPOST_LISTEN": f"127.0.0.1:{port}"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, base = start_standalone(args.target_dir, base_env)
     poll_env = {**base_env,
                 "AWS_LAMBDA_RUNTIME_API": runtime.address,
                 "AWS_LAMBDA_FUNCTION_NAME": "poll",
@@ -203,15 +220,7 @@ def main():
                 "AWS_LAMBDA_MAX_CONCURRENCY": str(polls)}
     poll = None
     try:
-        base = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            try:
-                return call(base, "GET", "/v1/health")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 60, "the standalone server did not start")
+        wait_until_healthy(base)
         # Rooms of two; each peer's first poll (wait 0) takes its backlog (peer-joined), so
         # the held polls start from a cursor with nothing pending.
         peers = []

@@ -27,7 +27,8 @@ import boto3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cold_start import ExtensionsApi  # noqa: E402
-from concurrent_polls import Runtime, call, free_port, poll_event, wait_for  # noqa: E402
+from concurrent_polls import (  # noqa: E402
+    Runtime, call, poll_event, start_standalone, wait_for, wait_until_healthy)
 
 SECRET = "graceful-shutdown-secret-of-at-least-32-bytes"
 EXIT_BUDGET_S = 1.0
@@ -131,20 +132,9 @@ def main():
     env.update({"SIGNALPOST_TABLE": table, "SIGNALPOST_SECRET": SECRET, "RUST_LOG": "info"})
     sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL_SQS"],
                        region_name=os.environ.get("AWS_REGION", "us-east-1"))
-    port = free_port()
-    server = subprocess.Popen([os.path.join(target_dir, "signalpost")],
-                              env={**env, "SIGNALPOST_LISTEN": f"127.0.0.1:{port}"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, base = start_standalone(target_dir, env)
     try:
-        base = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            try:
-                return call(base, "GET", "/v1/health")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 60, "the standalone server did not start")
+        wait_until_healthy(base)
         room = f"shutdown-{os.getpid()}"
         _, joined = call(base, "POST", f"/v1/rooms/{room}/peers", {"name": "waiting"})
         peer = {"room": room, "token": joined["token"]}
