@@ -1,6 +1,6 @@
 //! Wall-clock time as Unix milliseconds, the one representation every store keeps.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -9,9 +9,12 @@ pub type Millis = i64;
 pub fn now_millis() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
+        .map_or(0, duration_millis)
+}
+
+/// A duration in whole milliseconds, saturating at [`Millis::MAX`].
+pub fn duration_millis(duration: Duration) -> Millis {
+    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
 }
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-26T05:00:00.123Z`.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::clock::{Millis, now_millis, rfc3339_seconds};
+use crate::clock::{Millis, duration_millis, now_millis, rfc3339_seconds};
 use crate::config::Config;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
@@ -580,10 +580,6 @@ impl Signalling {
             );
         }
     }
-}
-
-fn duration_millis(duration: Duration) -> Millis {
-    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
 }
 
 fn seconds_to_millis(seconds: u64) -> Millis {

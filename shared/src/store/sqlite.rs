@@ -33,7 +33,7 @@ use super::{
     PostRequest, Posted, Presence, ReadLimit, Seq, SpentPosts, Store, StoreError, Timing, Waiting,
     distinct_recipients, fits_in_inbox, resolve_recipients,
 };
-use crate::clock::Millis;
+use crate::clock::{Millis, duration_millis};
 use crate::ids::{MessageId, PeerId, RoomId};
 use crate::message::{LeaveReason, MessageKind, StoredMessage, peer_joined_data};
 
@@ -828,7 +828,7 @@ impl Store for SqliteStore {
         self.write(move |transaction| {
             // Stamped as of when the lock was won: time spent waiting for another writer must
             // not come out of this peer's presence margin.
-            let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(Millis::MAX);
+            let waited = duration_millis(asked.elapsed());
             let seen = now.saturating_add(waited);
             // The poll this one replaces, read under the same write lock as the update.
             let previous = match poll_id {
